@@ -137,7 +137,7 @@ def test_bad_search_config_is_a_plan_time_error_naming_the_key():
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_write_two_shards_whose_union_is_the_problem_set(tmp_path):
+def test_torchrun_two_ranks_write_two_shards_whose_union_is_the_problem_set_and_rerun_identically(tmp_path):
     runs = tmp_path / "runs"
     six = ["stages.mcts.num_problems=6"]
     pipeline(CONFIG, f"runs_dir={runs}", *SMALL, *six, flags=["--until", "bootstrap"], env=ENV)
@@ -150,3 +150,6 @@ def test_torchrun_two_ranks_write_two_shards_whose_union_is_the_problem_set(tmp_
     assert sorted(shards["rank-00001.jsonl"]) == problems[1::2]
     done = json.loads((out / DONE_FILE).read_text())
     assert done["world_size"] == 2 and done["summary"]["trees"] == 6
+    first = trees_by_id(out)
+    torchrun("launchers/mcts.py", "--config", CONFIG, "--force", f"runs_dir={runs}", *SMALL, *six, env=ENV)
+    assert trees_by_id(out) == first  # same seed, world size and batch settings: identical trees
