@@ -83,14 +83,14 @@ def search_rate(model, tokenizer, problems, rows: int, in_flight: int, one_at_a_
     from omegaconf import OmegaConf
 
     from marco_train.mcts.policy import Policy
-    from marco_train.mcts.search import Searcher
-    from marco_train.mcts.stage import Config, settings_from
+    from marco_train.mcts.search import Searcher, SearchSettings
+    from marco_train.mcts.stage import Config
     from marco_train.tasks import get_task
 
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(ROOT / "configs" / "demo.yaml").stages.mcts)
     engine = HFEngine(model, tokenizer, max_batch_rows=1 if one_at_a_time else rows)
     wrapped = OneAtATime(engine) if one_at_a_time else engine
-    searcher = Searcher(Policy(cfg), settings_from(cfg, 0), get_task("toy"), wrapped)
+    searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, 0), get_task("toy"), wrapped)
     trees = []
     clock = Clock()
     searcher.run(problems, lambda tree, live: trees.append(tree), 1 if one_at_a_time else in_flight)
@@ -122,8 +122,8 @@ def vllm_rates(args, problems) -> None:
 
     from marco_train.engines import build_engine, prefix_cache_counts
     from marco_train.mcts.policy import Policy
-    from marco_train.mcts.search import Searcher
-    from marco_train.mcts.stage import Config, settings_from
+    from marco_train.mcts.search import Searcher, SearchSettings
+    from marco_train.mcts.stage import Config
     from marco_train.models import load_tokenizer
     from marco_train.prompts import prompt_ids
     from marco_train.tasks import get_task
@@ -132,8 +132,8 @@ def vllm_rates(args, problems) -> None:
     engine = build_engine("vllm", args.model, tokenizer, tensor_parallel_size=args.tensor_parallel_size)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(ROOT / "configs" / "demo.yaml").stages.mcts)
     trees, clock = [], Clock()
-    Searcher(Policy(cfg), settings_from(cfg, 0), task, engine).run(problems, lambda t, live: trees.append(t),
-                                                                   args.in_flight)
+    searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, 0), task, engine)
+    searcher.run(problems, lambda t, live: trees.append(t), args.in_flight)
     search, search_tokens, seconds = clock.rates(engine.tokens_generated), engine.tokens_generated, clock.wall
     hits, queries = prefix_cache_counts(engine)
 

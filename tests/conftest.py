@@ -84,3 +84,14 @@ def smollm2_tokenizer(smollm2_dir):
     from marco_train.models import load_tokenizer
 
     return load_tokenizer(smollm2_dir)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small batches are latency-bound: one intra-op thread avoids OpenMP barrier stalls on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

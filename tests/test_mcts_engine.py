@@ -13,15 +13,7 @@ from marco_train.mcts.engine import HFEngine, SamplingParams
 from marco_train.prompts import prompt_ids
 from marco_train.tasks import get_task, load_problems_file
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches are latency-bound: one intra-op thread avoids OpenMP barrier stalls on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from conftest import TOY_CHECKPOINT, tiny_qwen2
 from marco_train.mcts.engine import HFEngine
 from marco_train.mcts.policy import Policy
-from marco_train.mcts.search import Searcher, token_key
-from marco_train.mcts.stage import Config, settings_from
+from marco_train.mcts.search import Searcher, SearchSettings, token_key
+from marco_train.mcts.stage import Config
 from marco_train.mcts.tree import reflection_anchor, response_text, to_record
 from marco_train.prompts import parse_response
 from marco_train.tasks import get_task, load_problems_file
@@ -18,21 +18,14 @@ from marco_train.tasks import get_task, load_problems_file
 REFLECTION = "\n<reflection>Wait! Maybe I made some mistakes! I need to rethink from scratch.</reflection>"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches are latency-bound: one intra-op thread avoids OpenMP barrier stalls on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_searcher(model, tokenizer, special=None, **overrides):
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load("configs/demo.yaml").stages.mcts,
                           {"max_iterations": 6, "stop_correct": 2, "min_iterations": 4, "min_correct": 1}, overrides)
-    return Searcher(Policy(cfg), settings_from(cfg, seed=5), get_task("toy"), HFEngine(model, tokenizer), special)
+    return Searcher(Policy(cfg), SearchSettings.from_config(cfg, 5), get_task("toy"), HFEngine(model, tokenizer),
+                    special)
 
 
 def search(searcher, n=2, in_flight=2, start=0):

@@ -153,15 +153,14 @@ def demo_search_config(*overrides):
 
 def search(cfg, seed, engine, special=None, in_flight=1):
     from marco_train.mcts.policy import Policy
-    from marco_train.mcts.search import Searcher
-    from marco_train.mcts.stage import settings_from
+    from marco_train.mcts.search import Searcher, SearchSettings
     from marco_train.mcts.tree import to_record
     from marco_train.tasks import get_task
 
     task = get_task(cfg.task)
     problems = sorted(task.load_problems(cfg.problems_file, cfg.split, cfg.num_problems), key=lambda p: p.id)
     trees = []
-    Searcher(Policy(cfg), settings_from(cfg, seed), task, engine, special).run(
+    Searcher(Policy(cfg), SearchSettings.from_config(cfg, seed), task, engine, special).run(
         problems, lambda tree, live: trees.append(to_record(tree, cfg.task, "", True)), in_flight)
     return sorted(trees, key=lambda t: t["problem_id"])
 

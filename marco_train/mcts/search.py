@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import PurePath
 from typing import Callable, Dict, Iterable, List, Optional
 
@@ -32,22 +32,33 @@ from .tree import (Node, StopRules, Tree, backpropagate, path, path_confidence, 
 
 
 @dataclass
-class SearchSettings:
-    seed: int = 0
-    exploration: float = 1.414
+class SearchKeys:
+    """The search's config keys. The mcts stage's Config inherits them (with tree.StopRules), so each default
+    is written once, here."""
+    exploration: float = 1.414  # c of the UCT rule
     reward: str = "verified"  # verified | confidence | mixed
-    verified_weight: float = 0.5  # mixed: weight of the verified reward (the rest is confidence)
-    reflect_on: str = "double_check"
+    verified_weight: float = 0.5  # mixed reward: verified_weight * verified + (1 - verified_weight) * confidence
+    reflect_on: str = "double_check"  # a wrong answer grafts a reflection on the nearest ancestor of this type
     reflect_on_wrong: bool = True
-    reflect_below_confidence: float = 0.0  # >0: also reflect where a path's running confidence drops below it
+    reflect_below_confidence: float = 0.0  # >0: also reflect where a path's running confidence falls below this
     max_reflections_per_node: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    rules: StopRules = None
 
-    def __post_init__(self):
-        self.rules = self.rules or StopRules()
+
+@dataclass
+class SearchSettings(SearchKeys):
+    seed: int = 0
+    rules: StopRules = field(default_factory=StopRules)
+
+    @classmethod
+    def from_config(cls, cfg, seed: int) -> "SearchSettings":
+        """From an mcts stage config (its SearchKeys and StopRules keys) and the run's seed."""
+        def pick(keys):
+            return {f.name: cfg[f.name] for f in fields(keys)}
+
+        return cls(seed=seed, rules=StopRules(**pick(StopRules)), **pick(SearchKeys))
 
 
 @dataclass(eq=False)

@@ -14,6 +14,8 @@ from typing import Any, Dict
 
 from ..config import ConfigError, ModelConfig, StageConfig, path_field
 from .policy import NodeTypeConfig, Policy, default_node_types
+from .search import SearchKeys
+from .tree import StopRules
 
 KIND = "mcts"
 CODE_VERSION = 1
@@ -26,7 +28,7 @@ REWARDS = ("verified", "confidence", "mixed")
 
 
 @dataclass
-class Config(StageConfig):
+class Config(StageConfig, SearchKeys, StopRules):
     kind: str = KIND
     task: str = "toy"
     problems_file: str = path_field("mcts_data/problems/toy_train.jsonl")
@@ -44,22 +46,7 @@ class Config(StageConfig):
     max_depth: int = 16  # nodes below the root on any path
     step_samples: int = 2  # children per expansion in the step / mini_step granularities
     mini_step_tokens: int = 32
-    # search
-    exploration: float = 1.414
-    reward: str = "verified"  # verified | confidence | mixed
-    verified_weight: float = 0.5  # mixed reward: verified_weight * verified + (1 - verified_weight) * confidence
-    reflect_on: str = "double_check"
-    reflect_on_wrong: bool = True
-    reflect_below_confidence: float = 0.0  # >0: also reflect where a path's running confidence falls below this
-    max_reflections_per_node: int = 1
-    stop_correct: int = 8
-    min_iterations: int = 32
-    min_correct: int = 4
-    max_iterations: int = 128
-    count_distinct: bool = True  # false: count correct rollouts as the authors' code does
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
+    # search: the keys of SearchKeys (search.py) and StopRules (tree.py), inherited
     # throughput (runtime keys)
     trees_in_flight: int = 256  # each tree has about one row sampling at a time: keep max_batch_rows busy
     max_batch_rows: int = 128
@@ -93,18 +80,6 @@ def check_config(cfg, prefix: str, where) -> None:
     biggest = max([n for spec in cfg.node_types.values() for n in spec.children.values()] + [cfg.step_samples])
     if biggest > cfg.max_batch_rows:
         fail("max_batch_rows", f"must hold the largest sample count of one expansion ({biggest})")
-
-
-def settings_from(cfg, seed: int):
-    from .search import SearchSettings
-    from .tree import StopRules
-
-    rules = StopRules(cfg.stop_correct, cfg.min_iterations, cfg.min_correct, cfg.max_iterations, cfg.count_distinct)
-    return SearchSettings(seed=seed, exploration=cfg.exploration, reward=cfg.reward,
-                          verified_weight=cfg.verified_weight, reflect_on=cfg.reflect_on,
-                          reflect_on_wrong=cfg.reflect_on_wrong, reflect_below_confidence=cfg.reflect_below_confidence,
-                          max_reflections_per_node=cfg.max_reflections_per_node, temperature=cfg.temperature,
-                          top_p=cfg.top_p, top_k=cfg.top_k, rules=rules)
 
 
 def build_engine(model_cfg, path, cfg, name: str):
@@ -142,7 +117,7 @@ def run(ctx) -> dict:
     from ..io import append_jsonl, atomic_write_json, repair_jsonl_tail
     from ..models import model_dir
     from ..tasks import get_task
-    from .search import Searcher
+    from .search import Searcher, SearchSettings
     from .tree import to_record
 
     cfg = ctx.cfg
@@ -166,7 +141,7 @@ def run(ctx) -> dict:
         special = None
         if cfg.special_model.name_or_path:
             special = build_engine(cfg.special_model, cfg.special_model.name_or_path, cfg, "special")
-        searcher = Searcher(Policy(cfg), settings_from(cfg, ctx.root.seed), task, engine, special)
+        searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, ctx.root.seed), task, engine, special)
         engines = [engine] + ([special] if special else [])
         started = time.time()
         bar = tqdm(total=len(mine), initial=step0, desc=f"{ctx.name}: trees", disable=not dist.is_main())
