@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 class DataError(ValueError):
@@ -65,12 +65,18 @@ def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = (), allow_torn
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected {what}, got {type(record).__name__}")
-        for field in required:
-            if field not in record:
-                raise DataError(f"{where}: missing field '{field}' (required: {', '.join(required)})")
-        yield where, record
+        yield where, check_record(where, record, required, what)
+
+
+def check_record(where: str, record: Any, required: Sequence[str] = (), what: str = "a JSON object",
+                 has: str = "required") -> dict:
+    """`record` itself if it is a dict with every required field; else a DataError naming `where` and the field."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected {what}, got {type(record).__name__}")
+    for name in required:
+        if name not in record:
+            raise DataError(f"{where}: missing field '{name}' ({has}: {', '.join(required)})")
+    return record
 
 
 def read_jsonl(path: str | os.PathLike, required: Iterable[str] = (), allow_torn_tail: bool = False) -> Iterator[dict]:

@@ -26,7 +26,7 @@ import json
 import re
 from pathlib import Path
 
-from ..io import DataError
+from ..io import DataError, check_record
 from .paths import Node, Tree
 
 AUTHORS_FIELDS = ("node_id", "node_action_name", "total_reward", "num_visits", "parent_id", "all_path_value",
@@ -52,11 +52,7 @@ def read_authors_tree(path: str | Path) -> Tree:
     raws = {}
     for i, raw in enumerate(data):
         at = f"{path}: nodes[{i}]"
-        if not isinstance(raw, dict):
-            raise DataError(f"{at}: expected a JSON object")
-        for name in AUTHORS_FIELDS:
-            if name not in raw:
-                raise DataError(f"{at}: missing field '{name}' (authors' v2 nodes have: {', '.join(AUTHORS_FIELDS)})")
+        check_record(at, raw, AUTHORS_FIELDS, has="authors' v2 nodes have")
         if not isinstance(raw["node_id"], int) or raw["node_id"] in raws:
             raise DataError(f"{at}: field 'node_id' must be a unique integer, got {raw['node_id']!r}")
         for name in ("all_path_value", "node_value"):

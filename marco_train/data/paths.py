@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-from ..io import DataError, iter_jsonl
+from ..io import DataError, check_record, iter_jsonl
 
 TREE_FIELDS = ("problem_id", "question", "answer", "nodes")
 NODE_FIELDS = ("id", "parent", "text", "is_terminal", "correct")
@@ -77,11 +77,7 @@ def parse_tree(record: dict, where: str) -> Tree:
     nodes: Dict[int, Node] = {}
     for i, raw in enumerate(record["nodes"]):
         at = f"{where}: tree '{record['problem_id']}' nodes[{i}]"
-        if not isinstance(raw, dict):
-            raise DataError(f"{at}: expected a JSON object")
-        for name in NODE_FIELDS:
-            if name not in raw:
-                raise DataError(f"{at}: missing field '{name}' (required: {', '.join(NODE_FIELDS)})")
+        check_record(at, raw, NODE_FIELDS)
         node = Node(id=_check(at, raw, "id", int), parent=_check(at, raw, "parent", int, nullable=True),
                     type=str(raw.get("type", "")), text=_check(at, raw, "text", str),
                     is_terminal=_check(at, raw, "is_terminal", bool),

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from ..io import DataError, iter_jsonl
+from ..io import DataError, check_record, iter_jsonl
 
 SFT_COLUMNS: Dict[str, str] = {"id": "string", "problem_id": "string", "question": "string", "response": "string",
                                "tokens": "int64", "tercile": "string", "confidence": "float64"}
@@ -65,9 +65,7 @@ _KINDS = {"string": ("a string", lambda v: isinstance(v, str)),
 
 
 def _check_row(where: str, row: dict, columns: Dict[str, str], required) -> None:
-    for name in required:
-        if name not in row:
-            raise DataError(f"{where}: missing field '{name}' (required: {', '.join(required)})")
+    check_record(where, row, required)
     for name, value in row.items():
         if name not in columns or (value is None and name in NULLABLE):
             continue
