@@ -40,9 +40,21 @@ def resolve_gradient_checkpointing(value) -> bool:
     return on_gpu() if value is None else bool(value)
 
 
+def check_local(name_or_path: str | Path) -> None:
+    """A name that can only be a directory (absolute, ./, ~ or more than one '/') must exist: transformers would
+    otherwise report it as a malformed hub repo id."""
+    text = str(name_or_path)
+    local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or isinstance(name_or_path, Path)
+    if local and not Path(text).expanduser().is_dir():
+        hint = " (SmolLM2: run `python launchers/prepare_smollm2.py` first)" if "smollm2" in text.lower() else ""
+        raise FileNotFoundError(f"{text}: no such model directory; point model.name_or_path at a saved model or a "
+                                f"hub name{hint}")
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
+    check_local(name_or_path)
     tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     tok.padding_side = padding_side
     if tok.pad_token_id is None:
@@ -57,6 +69,7 @@ def load_model(name_or_path: str | Path, dtype: str = "auto", attn_implementatio
                trust_remote_code: bool = False, device=None):
     from transformers import AutoModelForCausalLM
 
+    check_local(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(
         str(name_or_path), dtype=resolve_dtype(dtype), attn_implementation=resolve_attention(attn_implementation),
         trust_remote_code=trust_remote_code, use_safetensors=True)

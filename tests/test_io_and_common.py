@@ -6,7 +6,8 @@ from marco_train.io import DataError, append_jsonl, atomic_write_json, hash_path
 from marco_train.tasks import load_problems_file
 from marco_train.train.common import gradient_accumulation, resolve_precision
 from marco_train.config import ConfigError
-from marco_train.models import resolve_attention, resolve_dtype, resolve_gradient_checkpointing
+from marco_train.models import (load_model, load_tokenizer, resolve_attention, resolve_dtype,
+                                resolve_gradient_checkpointing)
 
 
 def test_read_jsonl_names_file_line_and_field(tmp_path):
@@ -53,3 +54,14 @@ def test_cpu_defaults():
     assert resolve_precision("auto") == "fp32" and resolve_dtype("auto") == torch.float32
     assert resolve_gradient_checkpointing(None) is False and resolve_gradient_checkpointing(True) is True
     assert resolve_attention("auto") == "sdpa"
+
+
+def test_a_missing_model_directory_is_named_not_taken_for_a_hub_id(tmp_path):
+    missing = tmp_path / "cache" / "smollm2-135m-instruct"
+    for load in (load_tokenizer, load_model):
+        with pytest.raises(FileNotFoundError, match=rf"^{missing}: no such model directory; .* "
+                                                    r"\(SmolLM2: run `python launchers/prepare_smollm2.py` first\)$"):
+            load(str(missing))
+    with pytest.raises(FileNotFoundError, match=r"^\./nowhere/model: no such model directory; point model"):
+        load_model("./nowhere/model")
+    assert load_tokenizer("marco_train/toy/checkpoint").encode("<answer>")  # a relative directory that exists
