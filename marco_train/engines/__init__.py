@@ -45,6 +45,14 @@ def build_engine(name: str, model_dir, tokenizer=None, *, dtype: str = "auto", a
     return HFEngine(model, tokenizer, name=label or "hf", **options)
 
 
+def engine_from_config(engine: str, engine_options, model_cfg, model_dir, label: str = "", **hf_defaults: Any):
+    """build_engine from a stage's keys: its `engine`, `engine_options` and a ModelConfig. hf_defaults: options
+    the stage sets for the hf engine from its own keys (max_batch_rows, ...); `engine_options` override them."""
+    options = {**hf_defaults, **engine_options} if engine == "hf" else dict(engine_options)
+    return build_engine(engine, model_dir, dtype=model_cfg.dtype, attn_implementation=model_cfg.attn_implementation,
+                        trust_remote_code=model_cfg.trust_remote_code, label=label, **options)
+
+
 def prefix_cache_counts(engine) -> Tuple[int, int]:
     """(prompt tokens served from the prefix cache, prompt tokens looked up) since the engine started.
 

@@ -1,4 +1,4 @@
-"""Sampling for evaluation through the search's engine interface (the `hf` engine here; vLLM beside it).
+"""Sampling for evaluation through the search's engine interface (`hf` or `vllm`, marco_train/engines).
 
 Greedy when one sample per problem, else `n` samples at `temperature`; each problem's request is seeded
 from (seed, problem id), so its samples do not depend on batch composition or on the world size.

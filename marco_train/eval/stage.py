@@ -7,14 +7,15 @@ mean response length, Test@N when sampling).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import Any, Dict, List
 
 from ..config import ConfigError, ModelConfig, StageConfig, path_field
+from ..engines import ENGINES
 
 KIND = "eval"
 CODE_VERSION = 1
 INPUTS = ()  # `model`, unless model.name_or_path names the checkpoint
-EXTRA_RUNTIME_KEYS = ("variant",)
+EXTRA_RUNTIME_KEYS = ("variant", "engine_options")
 
 
 @dataclass
@@ -28,8 +29,10 @@ class Config(StageConfig):
     split: str = ""  # dataset split when loading by name ("" = the task's default)
     num_problems: int = 200  # 0 = all
     max_new_tokens: int = 256
-    engine: str = "hf"  # generation engine (the search's interface)
-    batch_size: int = 64  # rows the engine decodes at once
+    engine: str = "hf"  # hf | vllm (marco_train/engines; vllm runs from its own venv, see the README)
+    # keyword options of the engine: vllm: tensor_parallel_size, gpu_memory_utilization, max_num_seqs, ...
+    engine_options: Dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64  # rows the hf engine decodes at once (vllm schedules its own: engine_options.max_num_seqs)
     samples_per_problem: int = 1  # >1 samples at `temperature` and reports Test@N for N in test_at
     temperature: float = 1.0
     test_at: List[int] = field(default_factory=lambda: [1])
@@ -40,6 +43,9 @@ def check_config(cfg, prefix: str, where) -> None:
     if not cfg.model.name_or_path and "model" not in cfg.inputs:
         raise ConfigError(f"{where(prefix)}: {prefix}: set inputs.model (a stage that saves a model) or "
                           f"model.name_or_path (a hub name or directory)")
+    if cfg.engine not in ENGINES:
+        raise ConfigError(f"{where(prefix + '.engine')}: {prefix}.engine '{cfg.engine}' is not one of "
+                          f"{', '.join(ENGINES)}")
     too_many = [n for n in cfg.test_at if n > cfg.samples_per_problem]
     if cfg.samples_per_problem > 1 and too_many:
         raise ConfigError(f"{where(prefix + '.test_at')}: Test@{too_many[0]} needs samples_per_problem >= "
@@ -53,8 +59,8 @@ def run(ctx) -> dict:
 
     from .. import dist
     from ..io import atomic_write_json, atomic_write_text
-    from ..mcts.engine import HFEngine
-    from ..models import load_model, load_tokenizer, model_dir
+    from ..engines import engine_from_config
+    from ..models import model_dir
     from ..tasks import get_task
     from .generate import sample
     from .metrics import score_samples, summarize
@@ -63,10 +69,8 @@ def run(ctx) -> dict:
     path = cfg.model.name_or_path or model_dir(ctx.inputs["model"])
     task = get_task(cfg.task)
     problems = task.load_problems(cfg.problems_file, cfg.split, cfg.num_problems)
-    tokenizer = load_tokenizer(path, cfg.model.trust_remote_code, padding_side="left")
-    model = load_model(path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code,
-                       device=dist.device())
-    engine = HFEngine(model, tokenizer, max_batch_rows=cfg.batch_size, name=cfg.engine)
+    engine = engine_from_config(cfg.engine, cfg.engine_options, cfg.model, path, cfg.engine,
+                                max_batch_rows=cfg.batch_size)
     mine = problems[dist.rank()::dist.world_size()]  # ranks split the problems; rank 0 gathers
     sampling = cfg.samples_per_problem > 1
     with tqdm(total=len(mine), desc=f"{ctx.name}: problems", disable=not dist.is_main()) as bar:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from ..config import ConfigError, ModelConfig, StageConfig, path_field
+from ..engines import ENGINES
 from .policy import NodeTypeConfig, Policy, default_node_types
 from .search import SearchKeys
 from .tree import StopRules
@@ -23,7 +24,6 @@ INPUTS = ()  # `model`, unless model.name_or_path names the policy checkpoint
 RESUMABLE = True
 # How the work is batched, not what is searched (float rounding aside; see mcts_data/README.md).
 EXTRA_RUNTIME_KEYS = ("trees_in_flight", "max_batch_rows", "prefix_cache_mb", "engine_options")
-ENGINES = ("hf", "vllm")  # marco_train/engines
 REWARDS = ("verified", "confidence", "mixed")
 
 
@@ -82,19 +82,6 @@ def check_config(cfg, prefix: str, where) -> None:
         fail("max_batch_rows", f"must hold the largest sample count of one expansion ({biggest})")
 
 
-def build_engine(model_cfg, path, cfg, name: str):
-    from ..engines import build_engine as make_engine
-    from ..models import load_tokenizer
-
-    tokenizer = load_tokenizer(path, model_cfg.trust_remote_code)
-    options = dict(cfg.engine_options)
-    if cfg.engine == "hf":
-        options = dict(max_batch_rows=cfg.max_batch_rows, prefix_cache_mb=cfg.prefix_cache_mb, **options)
-    return make_engine(cfg.engine, path, tokenizer, dtype=model_cfg.dtype,
-                       attn_implementation=model_cfg.attn_implementation,
-                       trust_remote_code=model_cfg.trust_remote_code, label=name, **options)
-
-
 def shard_path(out_dir, rank: int):
     return out_dir / "trees" / f"rank-{rank:05d}.jsonl"
 
@@ -112,8 +99,8 @@ def run(ctx) -> dict:
     from tqdm import tqdm
 
     from .. import dist
+    from ..engines import engine_from_config, prefix_cache_counts
     from ..faults import fault_point
-    from ..engines import prefix_cache_counts
     from ..io import append_jsonl, atomic_write_json, repair_jsonl_tail
     from ..models import model_dir
     from ..tasks import get_task
@@ -137,10 +124,13 @@ def run(ctx) -> dict:
         ctx.tracker.truncate_after(step0)
     engine, seconds, tokens, cache = None, 0.0, 0, (0, 0)
     if todo:
-        engine = build_engine(cfg.model, cfg.model.name_or_path or model_dir(ctx.inputs["model"]), cfg, "policy")
+        hf_options = dict(max_batch_rows=cfg.max_batch_rows, prefix_cache_mb=cfg.prefix_cache_mb)
+        engine = engine_from_config(cfg.engine, cfg.engine_options, cfg.model,
+                                    cfg.model.name_or_path or model_dir(ctx.inputs["model"]), "policy", **hf_options)
         special = None
         if cfg.special_model.name_or_path:
-            special = build_engine(cfg.special_model, cfg.special_model.name_or_path, cfg, "special")
+            special = engine_from_config(cfg.engine, cfg.engine_options, cfg.special_model,
+                                         cfg.special_model.name_or_path, "special", **hf_options)
         searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, ctx.root.seed), task, engine, special)
         engines = [engine] + ([special] if special else [])
         started = time.time()
