@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from marco_train.mcts.engine import Engine, HFEngine, SamplingParams  # noqa: E402
+from marco_train.mcts.engine import Engine, SamplingParams  # noqa: E402
+from marco_train.mcts.hf_engine import HFEngine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

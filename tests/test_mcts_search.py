@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TOY_CHECKPOINT, tiny_qwen2
-from marco_train.mcts.engine import HFEngine
+from marco_train.mcts.hf_engine import HFEngine
 from marco_train.mcts.policy import Policy
 from marco_train.mcts.search import Searcher, SearchSettings, token_key
 from marco_train.mcts.stage import Config

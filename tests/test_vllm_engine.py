@@ -102,7 +102,8 @@ def test_confidences_equal_the_hf_models(which, request, toy_tokenizer, toy_mode
 
 @pytest.mark.slow
 def test_text_stop_eos_and_length_as_the_hf_engine(vllm_toy, toy_tokenizer, toy_model):
-    from marco_train.mcts.engine import HFEngine, SamplingParams
+    from marco_train.mcts.engine import SamplingParams
+    from marco_train.mcts.hf_engine import HFEngine
 
     hf = HFEngine(toy_model, toy_tokenizer)
     eos = toy_tokenizer.eos_token_id
@@ -196,7 +197,7 @@ def vllm_demo_trees(vllm_toy):
 
 @pytest.mark.slow
 def test_same_search_on_both_engines_gives_valid_trees(vllm_demo_trees, toy_tokenizer, toy_model):
-    from marco_train.mcts.engine import HFEngine
+    from marco_train.mcts.hf_engine import HFEngine
 
     cfg, seed = demo_search_config()
     hf_trees = search(cfg, seed, HFEngine(toy_model, toy_tokenizer), in_flight=2)

@@ -62,7 +62,7 @@ def heldout_eval(model, tokenizer, problems, max_new_tokens: int) -> dict:
     """Greedy held-out accuracy, exactly as the eval stage measures it (same engine, same prompts)."""
     from ..eval.generate import sample
     from ..eval.metrics import score_samples, summarize
-    from ..mcts.engine import HFEngine
+    from ..mcts.hf_engine import HFEngine
     from ..tasks import get_task
 
     task = get_task("toy")
