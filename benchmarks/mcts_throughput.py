@@ -80,7 +80,8 @@ class Rate(tuple):
 
 
 
-def search_rate(model, tokenizer, problems, rows: int, in_flight: int, one_at_a_time: bool = False):
+def demo_search(engine, problems, in_flight: int) -> list:
+    """The demo config's search (configs/demo.yaml, stage mcts) of `problems` on `engine`; the finished trees."""
     from omegaconf import OmegaConf
 
     from marco_train.mcts.policy import Policy
@@ -89,12 +90,16 @@ def search_rate(model, tokenizer, problems, rows: int, in_flight: int, one_at_a_
     from marco_train.tasks import get_task
 
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(ROOT / "configs" / "demo.yaml").stages.mcts)
-    engine = HFEngine(model, tokenizer, max_batch_rows=1 if one_at_a_time else rows)
-    wrapped = OneAtATime(engine) if one_at_a_time else engine
-    searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, 0), get_task("toy"), wrapped)
     trees = []
+    Searcher(Policy(cfg), SearchSettings.from_config(cfg, 0), get_task("toy"), engine).run(
+        problems, lambda tree, live: trees.append(tree), in_flight)
+    return trees
+
+
+def search_rate(model, tokenizer, problems, rows: int, in_flight: int, one_at_a_time: bool = False):
+    engine = HFEngine(model, tokenizer, max_batch_rows=1 if one_at_a_time else rows)
     clock = Clock()
-    searcher.run(problems, lambda tree, live: trees.append(tree), 1 if one_at_a_time else in_flight)
+    trees = demo_search(OneAtATime(engine) if one_at_a_time else engine, problems, 1 if one_at_a_time else in_flight)
     return clock.rates(engine.tokens_generated), engine, clock.wall, trees
 
 
@@ -119,22 +124,15 @@ def path_lengths(trees, count: int, seed: int = 0):
 def vllm_rates(args, problems) -> None:
     """--engine vllm: (a) as for hf (the search, then plain sampling at the search's path lengths, then at the
     model's own lengths), all through one VLLMEngine. (b) would need a second, one-sequence engine: not measured."""
-    from omegaconf import OmegaConf
-
     from marco_train.engines import build_engine, prefix_cache_counts
-    from marco_train.mcts.policy import Policy
-    from marco_train.mcts.search import Searcher, SearchSettings
-    from marco_train.mcts.stage import Config
     from marco_train.models import load_tokenizer
     from marco_train.prompts import prompt_ids
     from marco_train.tasks import get_task
 
     task, tokenizer = get_task("toy"), load_tokenizer(args.model)
     engine = build_engine("vllm", args.model, tokenizer, tensor_parallel_size=args.tensor_parallel_size)
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(ROOT / "configs" / "demo.yaml").stages.mcts)
-    trees, clock = [], Clock()
-    searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, 0), task, engine)
-    searcher.run(problems, lambda t, live: trees.append(t), args.in_flight)
+    clock = Clock()
+    trees = demo_search(engine, problems, args.in_flight)
     search, search_tokens, seconds = clock.rates(engine.tokens_generated), engine.tokens_generated, clock.wall
     hits, queries = prefix_cache_counts(engine)
 
@@ -235,7 +233,7 @@ def main() -> None:
     print(f"ratio vs one-node-at-a-time     : {b[0]:.1f}x | {b[1]:.1f}x  (target >= 5x)")
     print("(a) in each round, wall | CPU: " + ", ".join(f"{(searches[i] / sames[i])[0]:.2f} | "
                                                     f"{(searches[i] / sames[i])[1]:.2f}" for i in range(args.repeat))
-          + f"; the median round (by CPU) is shown above")
+          + "; the median round (by CPU) is shown above")
     print(f"confidence share of search time : {conf_share:.1%}  (target <= 5%)")
     print(f"peak memory (max RSS)           : {peak_mb:.0f} MB   threads: {torch.get_num_threads()}")
 

@@ -8,7 +8,6 @@ So a changed key or input byte re-runs that stage and everything downstream; run
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import graphlib
 import importlib
@@ -23,7 +22,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from . import dist
-from .config import ConfigError, PipelineConfig, Source, input_path_keys, load_raw, to_yaml, validate
+from .config import ConfigError, PipelineConfig, input_path_keys, load_raw, to_yaml, validate
 from .faults import fault_point
 from .io import atomic_write_json, atomic_write_text, hash_json, hash_path
 

@@ -2,7 +2,6 @@
 the real library) gets one run whose id is reused when the stage is resumed after a kill."""
 
 import json
-import signal
 
 import pytest
 
