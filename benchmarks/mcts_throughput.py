@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from marco_train.mcts.engine import Engine, SamplingParams  # noqa: E402
-from marco_train.mcts.hf_engine import HFEngine  # noqa: E402
+from marco_train.engines.base import Engine, SamplingParams  # noqa: E402
+from marco_train.engines.hf_engine import HFEngine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,11 +40,11 @@ class OneAtATime(Engine):
     def add_request(self, request_id, prompt_ids, params):
         from dataclasses import replace
 
-        from marco_train.mcts.engine import sample_seed
+        from marco_train.engines.base import derive_seed
 
         self.parts[request_id] = [None] * params.n
         for j in range(params.n):
-            self.inner.add_request((request_id, j), prompt_ids, replace(params, n=1, seed=sample_seed(params.seed, j)))
+            self.inner.add_request((request_id, j), prompt_ids, replace(params, n=1, seed=derive_seed(params.seed, j)))
 
     def has_unfinished(self):
         return self.inner.has_unfinished()
@@ -86,7 +86,7 @@ def demo_search(engine, problems, in_flight: int) -> list:
 
     from marco_train.mcts.policy import Policy
     from marco_train.mcts.search import Searcher, SearchSettings
-    from marco_train.mcts.stage import Config
+    from marco_train.stages.mcts import Config
     from marco_train.tasks import get_task
 
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(ROOT / "configs" / "demo.yaml").stages.mcts)

@@ -30,12 +30,12 @@ from .io import atomic_write_json, atomic_write_text, hash_json, hash_path
 # INPUTS (required input names) and run(ctx) -> summary dict; optionally RESUMABLE, EXTRA_RUNTIME_KEYS,
 # check_config(cfg, prefix, where) and canonical_config(dict). Its top-level imports stay light.
 STAGE_MODULES = {
-    "bootstrap": "marco_train.toy.bootstrap",
-    "mcts": "marco_train.mcts.stage",
-    "split": "marco_train.data.split_stage",
-    "sft": "marco_train.train.sft",
-    "dpo": "marco_train.train.dpo",
-    "eval": "marco_train.eval.stage",
+    "bootstrap": "marco_train.stages.bootstrap",
+    "mcts": "marco_train.stages.mcts",
+    "split": "marco_train.stages.split",
+    "sft": "marco_train.stages.sft",
+    "dpo": "marco_train.stages.dpo",
+    "eval": "marco_train.stages.eval",
 }
 
 # Keys that change how a stage runs but not what it produces; they stay out of the fingerprint.

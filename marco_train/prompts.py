@@ -13,6 +13,9 @@ from typing import List, Optional
 NODE_TYPES = ("sub_task", "thinking", "hypothesis", "double_check", "reflection", "thinking_from_scratch",
               "reclarify", "answer")
 SEGMENT_SEPARATOR = "\n"
+# The v2 strings the search prefills and the toy traces use (the authors' sub-task prefill, the v1 reflection).
+SUB_TASK_PREFILL = "Firstly, I need to break down this task."
+REFLECTION_TEXT = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
 _SEGMENT_RE = re.compile(r"<(" + "|".join(NODE_TYPES) + r")>(.*?)(</\1>|(?=<(?:" + "|".join(NODE_TYPES) + r")>)|$)",
                          re.S)
 

@@ -11,7 +11,7 @@ import json
 
 import torch
 
-import marco_train.train.sft as sft
+import marco_train.stages.sft as sft
 from marco_train import dist
 from marco_train.pipeline import build_plan, execute_stage
 

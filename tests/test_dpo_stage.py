@@ -175,7 +175,7 @@ def test_a_non_finite_loss_stops_training_naming_the_pairs(tmp_path, toy_tokeniz
     from transformers import TrainingArguments
 
     from dpo_testlib import tiny_model, toy_pairs
-    from marco_train.train.dpo import make_trainer
+    from marco_train.stages.dpo import make_trainer
     from marco_train.train.dpo_data import PairCollator
     from marco_train.train.losses import LossConfig
 

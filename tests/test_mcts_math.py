@@ -7,9 +7,9 @@ import random
 import pytest
 from omegaconf import OmegaConf
 
-from marco_train.mcts.confidence import mean_confidence, step_confidence, token_confidence
+from marco_train.engines.confidence import mean_confidence, step_confidence, token_confidence
 from marco_train.mcts.policy import Policy
-from marco_train.mcts.stage import Config
+from marco_train.stages.mcts import Config
 from marco_train.mcts.tree import (StopRules, Tree, backpropagate, path_confidence, record_rollout,
                                    reflection_anchor, reward, select_child, stop_reason, uct)
 from marco_train.tasks.base import Problem

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import PYTHON, pipeline, run, torchrun
 from marco_train.config import ConfigError
-from marco_train.data.paths import read_trees
+from marco_train.data.trees import read_trees
 from marco_train.io import DataError
 from marco_train.pipeline import DONE_FILE, build_plan
 from marco_train.tasks import load_problems_file

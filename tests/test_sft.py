@@ -13,7 +13,7 @@ from marco_train.config import ConfigError, TrainingConfig
 from marco_train.io import DataError
 from marco_train.prompts import prompt_ids, response_ids
 from marco_train.tasks import get_task
-from marco_train.train import sft
+from marco_train.stages import sft
 
 ROWS = [
     {"id": "q1/5", "question": "Compute 12 + 7 - 5.",

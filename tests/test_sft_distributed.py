@@ -30,7 +30,7 @@ def test_demo_sft_under_torchrun_two_ranks_saves_a_model_that_reloads_and_genera
     """The acceptance command on the real demo DAG (bootstrap -> mcts -> split), with the search cut to 6 problems."""
     from transformers import AutoModelForCausalLM
 
-    from marco_train.generation import generate
+    from reference_generation import generate
     from marco_train.models import load_tokenizer
     from marco_train.prompts import prompt_ids
     from marco_train.tasks import get_task

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from marco_train.eval.metrics import score_samples, summarize
-from marco_train.generation import Generation
+from marco_train.engines.base import Completion
 from marco_train.io import read_jsonl
 from marco_train.prompts import NODE_TYPES, build_prompt
 from marco_train.tasks import get_task
@@ -37,7 +37,7 @@ def test_score_samples_no_answer_and_truncated():
         (problems[1], "<thinking>250 * 5 = 1250</thinking>\n<answer>The answer is: 1,250", True),  # cut, but answered
         (problems[2], "<thinking>7.50 - 2.25 = 5.25</thinking>\n<answer>No idea.</answer>", False),  # malformed
     ]
-    gens = [Generation(token_ids=list(range(10 * (i + 1))), text=text, truncated=cut)
+    gens = [Completion(text, list(range(10 * (i + 1))), [], [], [], "length" if cut else "eos")
             for i, (_, text, cut) in enumerate(cases)]
     records = score_samples(task, [p for p, _, _ in cases], gens)
     assert [(r["predicted"], r["correct"], r["no_answer"], r["truncated"]) for r in records] == [

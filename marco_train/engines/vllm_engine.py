@@ -1,4 +1,4 @@
-"""`VLLMEngine`: vLLM behind the search's engine interface (marco_train.mcts.engine.Engine), for clusters.
+"""`VLLMEngine`: vLLM behind the search's engine interface (marco_train.engines.base.Engine), for clusters.
 
 It drives vLLM's own engine loop (`LLMEngine.add_request` / `step`), which is the loop our interface copies,
 so many trees stay in flight: every pending expansion is one request, vLLM batches them continuously.
@@ -32,8 +32,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from ..mcts.confidence import TOP_K, token_confidence
-from ..mcts.engine import Completion, Engine, SamplingParams
+from .confidence import TOP_K, token_confidence
+from .base import Completion, Engine, SamplingParams
 
 
 def _prefix_cache_logger(stats: Dict[str, int]):

@@ -8,24 +8,23 @@ from __future__ import annotations
 
 from typing import List
 
-from ..generation import Generation
+from ..engines.base import Completion, SamplingParams, derive_seed
+from ..prompts import prompt_ids
 
 
 def sample(engine, task, problems, samples_per_problem: int, max_new_tokens: int, temperature: float, seed: int,
-           progress=None) -> List[Generation]:
+           progress=None) -> List[Completion]:
     """Generations in problem order, `samples_per_problem` consecutive ones per problem."""
-    from ..mcts.engine import SamplingParams, sample_seed
-    from ..prompts import prompt_ids
 
     greedy = samples_per_problem == 1
     for i, p in enumerate(problems):
         params = SamplingParams(n=samples_per_problem, max_tokens=max_new_tokens,
-                                temperature=0.0 if greedy else temperature, seed=sample_seed(seed, p.id))
+                                temperature=0.0 if greedy else temperature, seed=derive_seed(seed, p.id))
         engine.add_request(i, prompt_ids(engine.tokenizer, task, p.question), params)
     done = {}
     while engine.has_unfinished():
         for i, completions in engine.step():
-            done[i] = [Generation(c.token_ids, c.text, c.finish_reason == "length") for c in completions]
+            done[i] = completions
             if progress is not None:
                 progress.update(1)
     return [g for i in range(len(problems)) for g in done[i]]

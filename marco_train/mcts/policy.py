@@ -20,8 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
-from ..prompts import NODE_TYPES, SEGMENT_SEPARATOR, close_tag, open_tag
-from ..toy.traces import REFLECTION_TEXT, SUB_TASK_PREFILL
+from ..prompts import NODE_TYPES, REFLECTION_TEXT, SEGMENT_SEPARATOR, SUB_TASK_PREFILL, close_tag, open_tag
 
 ROOT, ANSWER, REFLECTION = "root", "answer", "reflection"
 GRANULARITIES = ("tagged", "step", "mini_step")

@@ -16,7 +16,6 @@ ids + the path's node ids + the new segment's start, and the engine's prefix cac
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
 from collections import deque
@@ -25,7 +24,7 @@ from pathlib import PurePath
 from typing import Callable, Dict, Iterable, List, Optional
 
 from ..prompts import close_tag, prompt_ids
-from .engine import Completion, Engine, SamplingParams
+from ..engines.base import Completion, Engine, SamplingParams, derive_seed
 from .policy import ANSWER, REFLECTION, Policy
 from .tree import (Node, StopRules, Tree, backpropagate, path, path_confidence, record_rollout, reflection_anchor,
                    response_text, reward, select_child, stop_reason)
@@ -79,10 +78,6 @@ class Submit:
 @dataclass
 class Wait:
     jobs: List[Job]
-
-
-def derive_seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 def token_key(engine: Engine) -> str:

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
 
+from ..data.trees import node_record, tree_record
 from ..tasks.base import Problem
 from .policy import ROOT
 
@@ -166,19 +167,13 @@ def stop_reason(tree: Tree, rules: StopRules) -> str:
 
 
 def to_record(tree: Tree, task: str, fingerprint: str, token_ids: bool = True) -> dict:
-    """One JSONL line of the tree schema (mcts_data/README.md)."""
-    nodes = []
-    for n in tree.nodes:
-        rec = {"id": n.id, "parent": n.parent.id if n.parent else None, "type": n.type, "text": n.text,
-               "visits": n.visits, "value": round(n.value, 6),
-               "confidence": None if n.confidence is None else round(n.confidence, 6),
-               "is_terminal": n.is_terminal, "answer": n.answer, "correct": n.correct,
-               "generated_tokens": n.generated}
-        if token_ids:
-            rec["token_ids"] = n.token_ids
-        nodes.append(rec)
-    return {"problem_id": tree.problem.id, "question": tree.problem.question, "answer": tree.problem.answer,
-            "task": task, "fingerprint": fingerprint, "iterations": tree.iterations,
-            "correct_terminals": tree.correct_count, "correct_rollouts": tree.correct_rollouts,
-            "reflections": tree.reflections, "tokens_generated": tree.tokens_generated,
-            "stop_reason": tree.stop_reason, "nodes": nodes}
+    """One JSONL line of the tree-record format (data/trees.py, mcts_data/README.md)."""
+    nodes = [node_record(id=n.id, parent=n.parent.id if n.parent else None, type=n.type, text=n.text,
+                         visits=n.visits, value=n.value, confidence=n.confidence, is_terminal=n.is_terminal,
+                         answer=n.answer, correct=n.correct, generated_tokens=n.generated,
+                         token_ids=n.token_ids if token_ids else None) for n in tree.nodes]
+    return tree_record(problem_id=tree.problem.id, question=tree.problem.question, answer=tree.problem.answer,
+                       task=task, fingerprint=fingerprint, iterations=tree.iterations,
+                       correct_terminals=tree.correct_count, correct_rollouts=tree.correct_rollouts,
+                       reflections=tree.reflections, tokens_generated=tree.tokens_generated,
+                       stop_reason=tree.stop_reason, nodes=nodes)

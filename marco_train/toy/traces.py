@@ -10,11 +10,8 @@ from __future__ import annotations
 import random
 from typing import List
 
-from ..prompts import render_response
+from ..prompts import REFLECTION_TEXT, SUB_TASK_PREFILL, render_response
 from ..tasks.toy import steps_of
-
-SUB_TASK_PREFILL = "Firstly, I need to break down this task."
-REFLECTION_TEXT = "Wait! Maybe I made some mistakes! I need to rethink from scratch."
 
 
 def _work(steps, wrong_last: int = 0) -> List[tuple]:

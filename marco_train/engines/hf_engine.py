@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from .engine import Completion, Engine, SamplingParams, sample_seed
+from .base import Completion, Engine, SamplingParams, derive_seed
 from .prefix_cache import PrefixCache
 
 
@@ -264,7 +264,7 @@ class HFEngine(Engine):
                                       for req, _ in entries])
         self.eos_stops[idx] = self._long([int(not p.ignore_eos) for p in params])
         for s, (req, k) in zip(rows, entries):  # each sample its own generator: batch-independent draws
-            gen = torch.Generator().manual_seed(sample_seed(req.params.seed, k))
+            gen = torch.Generator().manual_seed(derive_seed(req.params.seed, k))
             self.uniform[s, :req.params.max_tokens] = torch.rand(req.params.max_tokens, generator=gen).to(self.device)
         return idx
 

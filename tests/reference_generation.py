@@ -1,26 +1,21 @@
-"""Plain batched generation with transformers (greedy or sampled), left-padded, stopping at end of turn."""
+"""Plain batched generation with transformers (greedy or sampled), left-padded, stopping at end of turn: the
+reference the engines are tested against. Returns the engines' Completion (text, token ids, finish reason)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List
 
-
-@dataclass
-class Generation:
-    token_ids: List[int]  # generated tokens, without the end-of-turn token
-    text: str
-    truncated: bool  # hit max_new_tokens before the end-of-turn token
+from marco_train.engines.base import Completion
 
 
 def generate(model, tokenizer, prompts: List[List[int]], max_new_tokens: int, batch_size: int = 32,
-             do_sample: bool = False, temperature: float = 1.0, progress=None) -> List[Generation]:
+             do_sample: bool = False, temperature: float = 1.0, progress=None) -> List[Completion]:
     import torch
 
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
-    out: List[Generation] = []
+    out: List[Completion] = []
     model.eval()
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start:start + batch_size]
@@ -34,7 +29,7 @@ def generate(model, tokenizer, prompts: List[List[int]], max_new_tokens: int, ba
         for row in gen[:, width:].tolist():
             ended = eos in row
             row = row[:row.index(eos)] if ended else [t for t in row if t != pad]
-            out.append(Generation(row, tokenizer.decode(row, skip_special_tokens=True), not ended))
+            out.append(Completion(tokenizer.decode(row, skip_special_tokens=True), row, [], [], [], "eos" if ended else "length"))
         if progress is not None:
             progress.update(len(batch))
     return out

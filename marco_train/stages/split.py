@@ -40,7 +40,7 @@ class Config(StageConfig):
 
 def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     """Called by the pipeline at plan time (before any work)."""
-    from .split import CHOSEN_RULES, REJECTED_RULES, TERCILES
+    from ..data.split import CHOSEN_RULES, REJECTED_RULES, TERCILES
 
     allowed = {"tree_format": FORMATS, "tercile_mode": ("per_query", "global"), "chosen": CHOSEN_RULES,
                "rejected": REJECTED_RULES}
@@ -83,8 +83,8 @@ def tree_files(source: Path, fmt: str):
 
 def load_trees(files: List[Path], fmt: str):
     from ..io import DataError
-    from .authors_format import read_authors_tree
-    from .paths import read_trees
+    from ..data.authors_format import read_authors_tree
+    from ..data.trees import read_trees
 
     trees, seen = [], {}
     for path in files:
@@ -100,8 +100,8 @@ def load_trees(files: List[Path], fmt: str):
 def build_split(trees, tokenizer, task, cfg, seed: int) -> dict:
     """The whole selection, in memory: {"sft": rows, "pairs": rows, "summary": {...}, "lengths": {...}}."""
     from ..prompts import prompt_ids, response_ids
-    from . import split as S
-    from .paths import extract_paths
+    from ..data import split as S
+    from ..data.paths import extract_paths
 
     counts, sft_drops, pair_drops = Counter(), Counter(), Counter()
     queries = []  # (tree, prompt ids, correct paths, wrong paths)
@@ -209,7 +209,7 @@ def run(ctx) -> dict:
     from ..io import atomic_write_json
     from ..models import load_tokenizer, model_dir
     from ..tasks import get_task
-    from .schema import PAIR_COLUMNS, SFT_COLUMNS, save_rows
+    from ..data.schema import PAIR_COLUMNS, SFT_COLUMNS, save_rows
 
     cfg = ctx.cfg
     summary = None

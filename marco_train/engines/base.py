@@ -39,9 +39,15 @@ class Completion:
     confidences: List[float]  # v1 c_i of each generated token
     finish_reason: str  # "stop" (stop string) | "eos" | "length"
 
+    @property
+    def truncated(self) -> bool:
+        """Hit max_tokens before a stop string or the end-of-turn token."""
+        return self.finish_reason == "length"
 
-def sample_seed(seed: int, index: int) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}/{index}".encode()).digest()[:8], "little") >> 1
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any parts, e.g. (global seed, tree id, node id): the same parts give the same seed."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
 class Engine:

@@ -14,9 +14,9 @@ from typing import Any, Dict
 
 from ..config import ConfigError, ModelConfig, StageConfig, path_field
 from ..engines import ENGINES
-from .policy import NodeTypeConfig, Policy, default_node_types
-from .search import SearchKeys
-from .tree import StopRules
+from ..mcts.policy import NodeTypeConfig, Policy, default_node_types
+from ..mcts.search import SearchKeys
+from ..mcts.tree import StopRules
 
 KIND = "mcts"
 CODE_VERSION = 1
@@ -65,7 +65,7 @@ def check_config(cfg, prefix: str, where) -> None:
         fail(key, msg)
     if cfg.engine not in ENGINES:
         fail("engine", f"'{cfg.engine}' is not available in this version (have: {', '.join(ENGINES)}); a vLLM or "
-                       f"server engine plugs in behind marco_train.mcts.engine.Engine")
+                       f"server engine plugs in behind marco_train.engines.base.Engine")
     if cfg.reward not in REWARDS:
         fail("reward", f"'{cfg.reward}' is not one of {', '.join(REWARDS)}")
     if not 0 <= cfg.verified_weight <= 1:
@@ -104,8 +104,8 @@ def run(ctx) -> dict:
     from ..io import append_jsonl, atomic_write_json, repair_jsonl_tail
     from ..models import model_dir
     from ..tasks import get_task
-    from .search import Searcher, SearchSettings
-    from .tree import to_record
+    from ..mcts.search import Searcher, SearchSettings
+    from ..mcts.tree import to_record
 
     cfg = ctx.cfg
     task = get_task(cfg.task)

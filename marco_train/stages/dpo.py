@@ -75,7 +75,7 @@ class Config(StageConfig):
 
 
 def loss_config(cfg):
-    from .losses import LossConfig
+    from ..train.losses import LossConfig
 
     return LossConfig(beta=cfg.beta, epsilon=cfg.epsilon, alpha=cfg.alpha, mask_prefix=cfg.mask_prefix,
                       mask_sft_prefix=cfg.mask_sft_prefix, logp_reduction=cfg.logp_reduction,
@@ -88,8 +88,8 @@ def make_trainer(**kwargs):
     import torch.distributed as tdist
     from transformers import Trainer
 
-    from .logprobs import pair_logps, sides
-    from .losses import fine_grained_dpo_loss
+    from ..train.logprobs import pair_logps, sides
+    from ..train.losses import fine_grained_dpo_loss
 
     class FineGrainedDPOTrainer(Trainer):
         loss_is_scaled_for_ga = False  # compute_loss returns a per-micro-batch mean; Trainer divides by accumulation
@@ -159,7 +159,7 @@ def reference_cache_path(ctx, ref_path: str, examples) -> Path:
 
 
 def sharing(ctx, config):
-    from .prefix_sharing import decide
+    from ..train.prefix_sharing import decide
 
     try:
         return decide(config, ctx.cfg.prefix_sharing)
@@ -174,9 +174,9 @@ def cached_reference(ctx, ref_path: str, examples) -> dict:
 
     from .. import dist
     from ..models import load_model
-    from .dpo_data import PairCollator
-    from .logprobs import segment_sums_table
-    from .prefix_sharing import mask_dtype_for
+    from ..train.dpo_data import PairCollator
+    from ..train.logprobs import segment_sums_table
+    from ..train.prefix_sharing import mask_dtype_for
 
     cfg = ctx.cfg
     path = dist.broadcast_object(reference_cache_path(ctx, ref_path, examples) if dist.is_main() else None)
@@ -294,9 +294,9 @@ def run(ctx) -> dict:
     from ..data.schema import load_pairs
     from ..models import load_model, load_tokenizer, model_dir
     from ..tasks import get_task
-    from .common import checkpoint_step, last_checkpoint, tracker_callback, training_arguments
-    from .dpo_data import PairCollator, tokenize_pairs
-    from .prefix_sharing import mask_dtype_for
+    from ..train.common import checkpoint_step, last_checkpoint, tracker_callback, training_arguments
+    from ..train.dpo_data import PairCollator, tokenize_pairs
+    from ..train.prefix_sharing import mask_dtype_for
 
     cfg, started = ctx.cfg, time.time()
     losses = loss_config(cfg)  # validated at plan time by check_config

@@ -117,7 +117,7 @@ def build_trainer(cfg, model_path, train_dataset, tokenizer, out_dir: Path, seed
     from trl import SFTConfig, SFTTrainer
 
     from ..models import load_model
-    from .common import training_arguments
+    from ..train.common import training_arguments
 
     args = training_arguments(cfg.training, out_dir, seed, log_every, args_class=SFTConfig,
                               max_length=cfg.training.max_length, packing=cfg.packing, packing_strategy="bfd",
@@ -169,7 +169,7 @@ def run(ctx) -> dict:
     from ..models import load_tokenizer, model_dir
     from ..tasks import get_task
     from ..data.schema import load_sft
-    from .common import checkpoint_step, last_checkpoint, tracker_callback
+    from ..train.common import checkpoint_step, last_checkpoint, tracker_callback
 
     cfg = ctx.cfg
     data_dir = Path(ctx.inputs["data"])

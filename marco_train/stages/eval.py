@@ -62,8 +62,8 @@ def run(ctx) -> dict:
     from ..engines import engine_from_config
     from ..models import model_dir
     from ..tasks import get_task
-    from .generate import sample
-    from .metrics import score_samples, summarize
+    from ..eval.generate import sample
+    from ..eval.metrics import score_samples, summarize
 
     cfg = ctx.cfg
     path = cfg.model.name_or_path or model_dir(ctx.inputs["model"])

@@ -62,7 +62,7 @@ def heldout_eval(model, tokenizer, problems, max_new_tokens: int) -> dict:
     """Greedy held-out accuracy, exactly as the eval stage measures it (same engine, same prompts)."""
     from ..eval.generate import sample
     from ..eval.metrics import score_samples, summarize
-    from ..mcts.hf_engine import HFEngine
+    from ..engines.hf_engine import HFEngine
     from ..tasks import get_task
 
     task = get_task("toy")
@@ -75,8 +75,8 @@ def train(cfg, seed: int, out: Path, ctx) -> dict:
 
     from ..prompts import prompt_ids, response_ids
     from ..tasks import get_task, load_problems_file
-    from .tokenizer import build_tokenizer
-    from .traces import trace
+    from ..toy.tokenizer import build_tokenizer
+    from ..toy.traces import trace
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
