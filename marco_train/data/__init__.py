@@ -1,2 +1,3 @@
-"""Data between the search and the trainers: trees -> paths (paths, authors_format), the length-balanced
-SFT set and DPO pairs (split: pure functions; split_stage: the stage), and their on-disk schema (schema)."""
+"""Data between the search and the trainers: the tree-record format (trees, authors_format), trees -> paths
+(paths), the length-balanced SFT set and DPO pairs (split: pure functions), their on-disk schema (schema), and
+the text viewer (show_tree). The split stage itself is marco_train/stages/split.py."""

@@ -1,1 +1,1 @@
-"""Evaluation: metrics over scored samples, and the `eval` stage."""
+"""Evaluation: sampling through an engine (generate) and metrics over scored samples; the stage is stages/eval.py."""

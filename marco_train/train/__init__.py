@@ -1,1 +1,2 @@
-"""Training stages (sft, dpo), their losses and log-prob computation; shared HF Trainer glue in `common`."""
+"""Training pieces for the sft and dpo stages (marco_train/stages/): losses, log-prob layouts incl. prefix sharing,
+pair handling, and the shared HF Trainer glue in `common`."""
