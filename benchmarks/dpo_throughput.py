@@ -10,7 +10,7 @@ thread count for all three; each configuration runs in its own process (clean pe
   reference log-probs precomputed, loss_type=["sigmoid", "sft"] (weights 1, 1), bf16 and gradient checkpointing
   off (TRL turns both on by default; on CPU they cost 8x / 3.5x). Its dataset preparation is bypassed (the pairs
   are token ids already); its collator, fused LM head and loss run as shipped.
-* ours: marco_train.stages.dpo's Trainer with ε = 0, α = 1, masked prefix, summed log-probs — the same loss as
+* ours: marco_train.train.dpo_trainer's Trainer with ε = 0, α = 1, masked prefix, summed log-probs — the same loss as
   TRL's there (all chosen suffixes have the same length, so TRL's batch-token-mean SFT term equals our per-pair
   mean) — the reference cached, and prefix sharing off or on.
 Tokens are counted as TRL feeds them: prompt + chosen + rejected per pair.
@@ -124,8 +124,8 @@ def build_ours(args, pairs, out_dir, shared: bool):
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    from marco_train.stages.dpo import make_trainer
     from marco_train.train.dpo_data import PairCollator
+    from marco_train.train.dpo_trainer import FineGrainedDPOTrainer
     from marco_train.train.logprobs import segment_sums_table
     from marco_train.train.losses import LossConfig
 
@@ -135,8 +135,8 @@ def build_ours(args, pairs, out_dir, shared: bool):
                                               for i in range(0, len(pairs), args.pairs)))
     examples = [dict(p, ref_logps=table[p["pair_index"]]) for p in pairs]
     loss = LossConfig(beta=BETA, epsilon=0.0, alpha=1.0, mask_prefix=True, mask_sft_prefix=True, logp_reduction="sum")
-    return make_trainer(model=model, args=TrainingArguments(**common_args(args, out_dir)),
-                        train_dataset=Dataset.from_list(examples), data_collator=collate, loss_config=loss)
+    return FineGrainedDPOTrainer(model=model, args=TrainingArguments(**common_args(args, out_dir)),
+                                 train_dataset=Dataset.from_list(examples), data_collator=collate, loss_config=loss)
 
 
 def build(args, impl: str, pairs, out_dir):

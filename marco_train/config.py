@@ -80,6 +80,17 @@ class TrainingConfig:
     deepspeed: Optional[str] = None  # path to a DeepSpeed JSON (configs/deepspeed/zero3.json)
 
 
+@dataclass
+class LoraConfig:
+    """LoRA (peft) keys of the training stages; the sft stage adds `merge` (the dpo stage always saves merged
+    full weights, which is what eval loads). Set up by train/lora.py."""
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
+
+
 def _line_index(text: str) -> Dict[str, int]:
     """Map dotted key paths to 1-based YAML line numbers, for error messages."""
     index: Dict[str, int] = {}

@@ -8,12 +8,16 @@ So a changed key or input byte re-runs that stage and everything downstream; run
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import graphlib
 import importlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +29,9 @@ from . import dist
 from .config import ConfigError, PipelineConfig, input_path_keys, load_raw, to_yaml, validate
 from .faults import fault_point
 from .io import atomic_write_json, atomic_write_text, hash_json, hash_path
+from .stages import check_inputs
 
-# Stage kind -> module. A stage module defines Config (a StageConfig subclass), CODE_VERSION,
-# INPUTS (required input names) and run(ctx) -> summary dict; optionally RESUMABLE, EXTRA_RUNTIME_KEYS,
-# check_config(cfg, prefix, where) and canonical_config(dict). Its top-level imports stay light.
+# Stage kind -> module; what a stage module defines: marco_train/stages/__init__.py.
 STAGE_MODULES = {
     "bootstrap": "marco_train.stages.bootstrap",
     "mcts": "marco_train.stages.mcts",
@@ -146,12 +149,10 @@ def build_plan(config_file: str, overrides: List[str] = ()) -> Plan:
             raise ConfigError(f"{source.where(prefix)}: stage '{name}' needs a 'kind' ({', '.join(STAGE_MODULES)})")
         module = stage_module(kind, source.where(prefix + ".kind"))
         cfg = validate(module.Config, node, prefix, source, label=f"a '{kind}' stage")
+        check_inputs(module, cfg, f"stage '{name}' ({kind})", prefix, source.where)
         if hasattr(module, "check_config"):  # cross-key rules a schema cannot express; raises ConfigError
             module.check_config(cfg, prefix, source.where)
         inputs = dict(cfg.inputs)
-        for needed in getattr(module, "INPUTS", ()):
-            if needed not in inputs:
-                raise ConfigError(f"{source.where(prefix)}: stage '{name}' ({kind}) needs inputs.{needed}: <stage name>")
         for input_name, upstream in inputs.items():
             if upstream not in stages_raw:
                 raise ConfigError(f"{source.where(prefix + '.inputs.' + input_name)}: inputs.{input_name} names "
@@ -336,8 +337,6 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
 
 
 def stage_command(plan: Plan, s: StageInstance, force: bool = False) -> List[str]:
-    import sys
-
     launcher = Path(__file__).resolve().parent.parent / "launchers" / "stage.py"
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={s.cfg.nproc_per_node}",
             str(launcher), "--config", plan.config_file, "--stage", s.name, *(["--force"] if force else []),
@@ -346,16 +345,11 @@ def stage_command(plan: Plan, s: StageInstance, force: bool = False) -> List[str
 
 def run_subprocess(plan: Plan, s: StageInstance, force: bool = False) -> None:
     """Run a stage under torchrun in its own process group; if this runner dies, the group dies with it."""
-    import signal
-    import subprocess
-
     if s.cfg.nnodes != 1:
         raise ConfigError(f"stage '{s.name}': nnodes={s.cfg.nnodes}: start multi-node stages on every node with "
                           f"`torchrun --nnodes ... launchers/{s.kind}.py --config {plan.config_file} --stage {s.name}`")
 
     def die_with_parent():
-        import ctypes
-
         os.setpgrp()
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 

@@ -11,7 +11,7 @@ import json
 
 import torch
 
-import marco_train.stages.sft as sft
+import marco_train.train.common as common
 from marco_train import dist
 from marco_train.pipeline import build_plan, execute_stage
 
@@ -22,7 +22,7 @@ parser.add_argument("overrides", nargs="*")
 args = parser.parse_args()
 
 saved = {}
-original_save_final = sft.save_final
+original_save_final = common.save_final
 
 
 def save_final_and_keep_trainer(trainer, *a, **kw):
@@ -31,7 +31,7 @@ def save_final_and_keep_trainer(trainer, *a, **kw):
     return saved["dir"]
 
 
-sft.save_final = save_final_and_keep_trainer  # the stage still saves through the real save_final
+common.save_final = save_final_and_keep_trainer  # the stage still saves through the real save_final
 plan = build_plan(args.config, args.overrides)
 execute_stage(plan, plan.instance_of("sft", None), force=True)
 

@@ -14,6 +14,8 @@ from marco_train.io import DataError
 from marco_train.prompts import prompt_ids, response_ids
 from marco_train.tasks import get_task
 from marco_train.stages import sft
+from marco_train.train.common import save_final
+from marco_train.train.sft_trainer import build_trainer, check_packing, tokenize_sft
 
 ROWS = [
     {"id": "q1/5", "question": "Compute 12 + 7 - 5.",
@@ -44,8 +46,8 @@ def sft_cfg(**kw):
 
 def trainer_for(tmp_path, rows, toy_tokenizer, **kw):
     cfg = sft_cfg(**kw)
-    data = sft.tokenize_sft(rows, toy_tokenizer, get_task("toy"), cfg.training.max_length)
-    return sft.build_trainer(cfg, str(TOY_CHECKPOINT), data, toy_tokenizer, tmp_path, seed=0), cfg
+    data = tokenize_sft(rows, toy_tokenizer, get_task("toy"), cfg.training.max_length)
+    return build_trainer(cfg, str(TOY_CHECKPOINT), data, toy_tokenizer, tmp_path, seed=0), cfg
 
 
 def test_sft_loss_covers_exactly_the_response_tokens(tmp_path, toy_tokenizer):
@@ -77,7 +79,7 @@ def test_sft_loss_covers_exactly_the_response_tokens(tmp_path, toy_tokenizer):
 
 def test_too_long_samples_are_refused_not_truncated(toy_tokenizer):
     with pytest.raises(DataError, match=r"sft: row 0 \(id q1/5\): \d+ tokens > training.max_length=40"):
-        sft.tokenize_sft(ROWS, toy_tokenizer, get_task("toy"), 40)
+        tokenize_sft(ROWS, toy_tokenizer, get_task("toy"), 40)
 
 
 def test_packed_samples_cannot_attend_to_each_other(tmp_path, toy_tokenizer):
@@ -107,9 +109,9 @@ def test_packing_is_refused_where_samples_could_attend_to_each_other():
                          "stages.sft")
     unknown = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="paged_attention"))
     with pytest.raises(ConfigError, match="attention 'paged_attention' is refused"):
-        sft.check_packing(sft_cfg(packing=True), unknown)
+        check_packing(sft_cfg(packing=True), unknown)
     sdpa = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="sdpa"))
-    sft.check_packing(sft_cfg(packing=True), sdpa)
+    check_packing(sft_cfg(packing=True), sdpa)
 
 
 def test_lora_merged_save_reloads_to_the_trained_adapter(tmp_path, toy_tokenizer):
@@ -118,9 +120,9 @@ def test_lora_merged_save_reloads_to_the_trained_adapter(tmp_path, toy_tokenizer
     from marco_train.models import load_model
 
     trainer, cfg = trainer_for(tmp_path, ROWS[:2], toy_tokenizer,
-                               lora=sft.LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0, merge=True))
+                               lora=sft.SftLoraConfig(enabled=True, r=4, alpha=8, dropout=0.0, merge=True))
     trainer.train()
-    final = sft.save_final(trainer, toy_tokenizer, cfg, str(TOY_CHECKPOINT), tmp_path)
+    final = save_final(trainer, toy_tokenizer, tmp_path, merge_onto=str(TOY_CHECKPOINT), model_cfg=cfg.model)
     assert (tmp_path / "adapter" / "adapter_config.json").exists() and not (final / "adapter_config.json").exists()
     merged = load_model(final)
     reference = PeftModel.from_pretrained(load_model(TOY_CHECKPOINT), str(tmp_path / "adapter")).eval()
@@ -134,16 +136,16 @@ def test_lora_merged_save_reloads_to_the_trained_adapter(tmp_path, toy_tokenizer
 
 
 def test_a_non_finite_loss_stops_training_with_the_step(tmp_path, toy_tokenizer):
-    from marco_train.train.common import tracker_callback
+    from marco_train.train.common import TrackerCallback
 
     logged = []
     ctx = types.SimpleNamespace(name="sft", kind="sft",
                                 tracker=types.SimpleNamespace(log=lambda m, step: logged.append((step, m))))
     cfg = sft_cfg()
     cfg.training.learning_rate, cfg.training.max_steps = 1.0e6, 4
-    data = sft.tokenize_sft(ROWS[:2], toy_tokenizer, get_task("toy"), 256)
-    trainer = sft.build_trainer(cfg, str(TOY_CHECKPOINT), data, toy_tokenizer, tmp_path, seed=0, log_every=1,
-                                callbacks=[tracker_callback(ctx)])
+    data = tokenize_sft(ROWS[:2], toy_tokenizer, get_task("toy"), 256)
+    trainer = build_trainer(cfg, str(TOY_CHECKPOINT), data, toy_tokenizer, tmp_path, seed=0, log_every=1,
+                                callbacks=[TrackerCallback(ctx)])
     with pytest.raises(FloatingPointError, match=r"sft: grad_norm is nan at step (\d+); lower training.learning_rate"):
         trainer.train()
     grad_norm = logged[-1][1]["grad_norm"]

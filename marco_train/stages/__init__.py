@@ -1,1 +1,35 @@
-"""One module per stage kind (bootstrap, mcts, split, sft, dpo, eval); see docs/architecture.md."""
+"""One module per stage kind (bootstrap, mcts, split, sft, dpo, eval); see docs/architecture.md.
+
+A stage module reads top to bottom: its docstring (inputs, outputs, why), `Config` (a StageConfig subclass),
+the plan-time checks (`check_config(cfg, prefix, where)`, optional), then `run(ctx) -> summary dict`. It also
+defines KIND, CODE_VERSION and INPUTS, optionally RESUMABLE, EXTRA_RUNTIME_KEYS and canonical_config(dict).
+
+INPUTS = {input name: None (required) or the config key that may stand in for it}, e.g.
+{"data": None, "model": "model.name_or_path"}; a tuple of names means all of them required. The planner checks
+them once (`check_inputs`), with the file and line of the stage.
+
+The one import rule: the planner imports every stage module (also for --dry-run), so a stage module's top
+level imports only light modules (config, io, dist, models, tasks, data, mcts, engines' registry ...), never
+torch, transformers, trl, datasets or peft; `run()` imports the heavy library modules (train/, eval/, toy/,
+engines' implementations), which import theirs at the top. tests/test_stage_imports.py holds the line.
+"""
+
+from omegaconf import OmegaConf
+
+from ..config import ConfigError
+
+# For the error when neither an input nor the key standing in for it is set: what each names.
+INPUT_HINTS = {"model": "a stage that saves a model", "trees": "an mcts stage", "data": "a split stage"}
+KEY_HINTS = {"model.name_or_path": "a hub name or directory", "trees_dir": "tree files made elsewhere"}
+
+
+def check_inputs(module, cfg, label: str, prefix: str, where) -> None:
+    """A stage module's INPUTS against its validated config `cfg`; errors name `where(prefix)` (file:line)."""
+    declared = getattr(module, "INPUTS", ())
+    for needed, stand_in in (declared if isinstance(declared, dict) else dict.fromkeys(declared)).items():
+        if needed in cfg.inputs or (stand_in and OmegaConf.select(cfg, stand_in)):
+            continue
+        if stand_in is None:
+            raise ConfigError(f"{where(prefix)}: {label} needs inputs.{needed}: <stage name>")
+        raise ConfigError(f"{where(prefix)}: {prefix}: set inputs.{needed} ({INPUT_HINTS.get(needed, 'a stage')}) "
+                          f"or {stand_in}" + (f" ({KEY_HINTS[stand_in]})" if stand_in in KEY_HINTS else ""))

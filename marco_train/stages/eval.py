@@ -14,7 +14,7 @@ from ..engines import ENGINES
 
 KIND = "eval"
 CODE_VERSION = 1
-INPUTS = ()  # `model`, unless model.name_or_path names the checkpoint
+INPUTS = {"model": "model.name_or_path"}  # the checkpoint to evaluate
 EXTRA_RUNTIME_KEYS = ("variant", "engine_options")
 
 
@@ -40,9 +40,6 @@ class Config(StageConfig):
 
 
 def check_config(cfg, prefix: str, where) -> None:
-    if not cfg.model.name_or_path and "model" not in cfg.inputs:
-        raise ConfigError(f"{where(prefix)}: {prefix}: set inputs.model (a stage that saves a model) or "
-                          f"model.name_or_path (a hub name or directory)")
     if cfg.engine not in ENGINES:
         raise ConfigError(f"{where(prefix + '.engine')}: {prefix}.engine '{cfg.engine}' is not one of "
                           f"{', '.join(ENGINES)}")

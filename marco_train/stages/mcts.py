@@ -20,7 +20,7 @@ from ..mcts.tree import StopRules
 
 KIND = "mcts"
 CODE_VERSION = 1
-INPUTS = ()  # `model`, unless model.name_or_path names the policy checkpoint
+INPUTS = {"model": "model.name_or_path"}  # the policy checkpoint
 RESUMABLE = True
 # How the work is batched, not what is searched (float rounding aside; see mcts_data/README.md).
 EXTRA_RUNTIME_KEYS = ("trees_in_flight", "max_batch_rows", "prefix_cache_mb", "engine_options")
@@ -58,9 +58,6 @@ def check_config(cfg, prefix: str, where) -> None:
     def fail(key: str, msg: str):
         raise ConfigError(f"{where(prefix + '.' + key)}: {prefix}.{key} {msg}")
 
-    if not cfg.model.name_or_path and "model" not in cfg.inputs:
-        raise ConfigError(f"{where(prefix)}: {prefix}: set inputs.model (a stage that saves a model) or "
-                          f"model.name_or_path (a hub name or directory)")
     for key, msg in Policy(cfg).problems():
         fail(key, msg)
     if cfg.engine not in ENGINES:

@@ -18,7 +18,7 @@ from ..config import ConfigError, ModelConfig, StageConfig, path_field
 
 KIND = "split"
 CODE_VERSION = 1
-INPUTS = ()  # `trees` unless trees_dir is set; `model` unless model.name_or_path names the tokenizer
+INPUTS = {"trees": "trees_dir", "model": "model.name_or_path"}  # the model: its tokenizer measures lengths
 FORMATS = ("auto", "ours", "authors")
 
 
@@ -48,12 +48,9 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
         if cfg[key] not in values:
             raise ConfigError(f"{where(prefix + '.' + key)}: {prefix}.{key}='{cfg[key]}': use one of "
                               f"{', '.join(values)}")
-    if bool(cfg.trees_dir) == ("trees" in cfg.inputs):
+    if cfg.trees_dir and "trees" in cfg.inputs:
         raise ConfigError(f"{where(prefix)}: {prefix}: set exactly one of inputs.trees (an mcts stage) and trees_dir "
                           f"(tree files made elsewhere)")
-    if not cfg.model.name_or_path and "model" not in cfg.inputs:
-        raise ConfigError(f"{where(prefix)}: {prefix}: set inputs.model (the model to be trained: its tokenizer "
-                          f"measures lengths) or model.name_or_path")
     for t in cfg.sft_terciles:
         if t not in TERCILES:
             raise ConfigError(f"{where(prefix + '.sft_terciles')}: {prefix}.sft_terciles: '{t}' is not one of "

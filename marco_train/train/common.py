@@ -1,4 +1,4 @@
-"""Glue between our training configs and the HF Trainer machinery (accelerate, DeepSpeed) shared by sft and dpo.
+"""Glue between our training configs and the HF Trainer machinery (accelerate, DeepSpeed, peft) shared by sft and dpo.
 
 - the *global* batch is fixed: gradient accumulation = global / (per-device batch x world size);
 - precision and gradient checkpointing default by device (fp32 / off on CPU, bf16 / on on GPU);
@@ -7,7 +7,8 @@
 - the Trainer's own W&B integration is off (`report_to=[]`); `TrackerCallback` forwards its logs to our
   tracker (the one owner of the run). After each checkpoint it waits for every rank, then rank 0 writes
   `COMPLETE` into the checkpoint directory (a kill mid-save leaves a checkpoint without it, which
-  `last_checkpoint` skips), then the `after_checkpoint` fault point fires.
+  `last_checkpoint` skips), then the `after_checkpoint` fault point fires;
+- the LoRA setup (`peft_config`, `apply_lora`) and the final save (`save_final`) of both stages.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
+import socket
 from pathlib import Path
 from typing import Optional
 
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import TrainerCallback, TrainingArguments
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
 from .. import dist
-from ..config import ConfigError
+from ..config import ConfigError, LoraConfig, ModelConfig
 from ..faults import fault_point
-from ..models import on_gpu, resolve_gradient_checkpointing
+from ..models import load_model, model_dir, on_gpu, resolve_gradient_checkpointing
 
 COMPLETE_MARKER = "COMPLETE"
 
@@ -36,8 +45,6 @@ def gradient_accumulation(global_batch_size: int, per_device_batch_size: int, wo
 
 def resolve_precision(name: str) -> str:
     if name == "auto":
-        import torch
-
         return "bf16" if on_gpu() and torch.cuda.is_bf16_supported() else "fp32"
     if name not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision='{name}': use auto, fp32, bf16 or fp16")
@@ -45,9 +52,7 @@ def resolve_precision(name: str) -> str:
 
 
 def _init_deepspeed() -> None:
-    import socket
-
-    import deepspeed
+    import deepspeed  # optional (only with training.deepspeed) and slow to import
 
     if "RANK" not in os.environ:  # in-process, one rank: the env the deepspeed launcher would set
         with socket.socket() as s:
@@ -59,12 +64,9 @@ def _init_deepspeed() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo")
 
 
-def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_class=None, **extra):
+def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_class=TrainingArguments, **extra):
     """TrainingArguments (or `args_class`, e.g. trl.SFTConfig) from a TrainingConfig; checkpoints go to
     <stage dir>/checkpoints. `extra` are further keyword arguments of `args_class`."""
-    if args_class is None:
-        from transformers import TrainingArguments as args_class
-
     if cfg.deepspeed:
         if not Path(cfg.deepspeed).exists():
             raise ConfigError(f"deepspeed: file '{cfg.deepspeed}' not found (see configs/deepspeed/)")
@@ -114,28 +116,67 @@ def checkpoint_step(path: str) -> int:
     return int(Path(path).name.split("-")[1])
 
 
-def tracker_callback(ctx):
-    """A TrainerCallback forwarding logs to ctx.tracker (rank 0), stopping on a non-finite loss, marking
-    finished checkpoints, and firing the after_checkpoint fault point."""
-    from transformers import TrainerCallback
+class TrackerCallback(TrainerCallback):
+    """Forwards the Trainer's logs to ctx.tracker (rank 0), stops on a non-finite loss, marks finished
+    checkpoints COMPLETE, and fires the after_checkpoint fault point."""
 
-    class TrackerCallback(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                ctx.tracker.log(logs, state.global_step)
-                for key in ("loss", "grad_norm"):  # reduced values: the same on every rank
-                    value = logs.get(key)
-                    if isinstance(value, (int, float)) and not math.isfinite(value):
-                        raise FloatingPointError(f"{ctx.name}: {key} is {value} at step {state.global_step}; lower "
-                                                 f"training.learning_rate or check the data (the last complete "
-                                                 f"checkpoint is kept)")
+    def __init__(self, ctx):
+        self.ctx = ctx
 
-        def on_save(self, args, state, control, **kwargs):
-            dist.barrier()
-            if dist.is_main():
-                marker = Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER
-                marker.write_text(f"{state.global_step}\n")
-            dist.barrier()
-            fault_point(ctx.name, "after_checkpoint", ctx.kind)
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.ctx.tracker.log(logs, state.global_step)
+            for key in ("loss", "grad_norm"):  # reduced values: the same on every rank
+                value = logs.get(key)
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise FloatingPointError(f"{self.ctx.name}: {key} is {value} at step {state.global_step}; lower "
+                                             f"training.learning_rate or check the data (the last complete "
+                                             f"checkpoint is kept)")
 
-    return TrackerCallback()
+    def on_save(self, args, state, control, **kwargs):
+        dist.barrier()
+        if dist.is_main():
+            marker = Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER
+            marker.write_text(f"{state.global_step}\n")
+        dist.barrier()
+        fault_point(self.ctx.name, "after_checkpoint", self.ctx.kind)
+
+
+def peft_config(lora: LoraConfig) -> PeftLoraConfig:
+    targets = list(lora.target_modules)
+    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+                          target_modules="all-linear" if targets == ["all-linear"] else targets)
+
+
+def apply_lora(model, lora: LoraConfig):
+    return get_peft_model(model, peft_config(lora))
+
+
+def save_final(trainer, tokenizer, out_dir: Path, merge_onto: Optional[str] = None,
+               model_cfg: Optional[ModelConfig] = None) -> Path:
+    """<dir>/model (model + tokenizer), written to <dir>/.model.tmp that rank 0 renames: never half a model.
+
+    Every rank calls trainer.save_model (under ZeRO-3 it gathers the shards; rank 0 writes). With `merge_onto`
+    (the base model of a LoRA run that saves full weights) the adapter goes to <dir>/adapter and rank 0 merges
+    it into a fresh copy of that base, loaded with `model_cfg`'s dtype. The Trainer's training_args.bin (a
+    pickle) is left out: the stage's config.yaml says it all."""
+    final, staged, adapter = model_dir(out_dir), Path(out_dir) / ".model.tmp", Path(out_dir) / "adapter"
+    if dist.is_main() and staged.exists():
+        shutil.rmtree(staged)
+    dist.barrier()
+    trainer.save_model(str(adapter if merge_onto else staged))
+    dist.barrier()
+    # Training is over: later from_pretrained calls in this process (the LoRA merge, a next stage) must not
+    # build their models inside ZeRO-3's partitioning context, which needs every rank.
+    unset_hf_deepspeed_config()
+    if dist.is_main():
+        if merge_onto:
+            base = load_model(merge_onto, model_cfg.dtype, "eager", model_cfg.trust_remote_code)
+            PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(staged))
+        tokenizer.save_pretrained(str(staged))
+        (staged / "training_args.bin").unlink(missing_ok=True)
+        if final.exists():
+            shutil.rmtree(final)
+        staged.rename(final)
+    dist.barrier()
+    return final
