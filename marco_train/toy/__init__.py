@@ -1,1 +1,4 @@
-"""The embedded default world: toy traces, a locally built tokenizer, a tiny model, and the bootstrap stage."""
+"""The embedded default world: toy traces, a locally built tokenizer, a tiny model and its pre-training loop
+(pretrain.py; the bootstrap stage that runs it is marco_train/stages/bootstrap.py)."""
+
+RECORD_FILE = "record.json"  # a toy checkpoint's recorded figures (steps, seed, held-out accuracy)
