@@ -28,6 +28,9 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig, path_field
+from ..data.schema import load_pairs
+from ..models import load_model, load_tokenizer, model_dir
+from ..tasks import get_task
 
 KIND = "dpo"
 CODE_VERSION = 1
@@ -110,9 +113,6 @@ def run(ctx) -> dict:
     from datasets import Dataset
     from transformers import set_seed
 
-    from ..data.schema import load_pairs
-    from ..models import load_model, load_tokenizer, model_dir
-    from ..tasks import get_task
     from ..train.common import (TrackerCallback, apply_lora, checkpoint_step, last_checkpoint, save_final,
                                 training_arguments)
     from ..train.dpo_data import PairCollator, tokenize_pairs

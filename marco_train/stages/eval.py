@@ -6,11 +6,20 @@ mean response length, Test@N when sampling).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
+from tqdm import tqdm
+
+from .. import dist
 from ..config import ConfigError, ModelConfig, StageConfig, path_field
-from ..engines import ENGINES
+from ..engines import ENGINES, engine_from_config
+from ..eval.generate import sample
+from ..eval.metrics import score_samples, summarize
+from ..io import atomic_write_json, atomic_write_text
+from ..models import model_dir
+from ..tasks import get_task
 
 KIND = "eval"
 CODE_VERSION = 1
@@ -50,18 +59,6 @@ def check_config(cfg, prefix: str, where) -> None:
 
 
 def run(ctx) -> dict:
-    import json
-
-    from tqdm import tqdm
-
-    from .. import dist
-    from ..io import atomic_write_json, atomic_write_text
-    from ..engines import engine_from_config
-    from ..models import model_dir
-    from ..tasks import get_task
-    from ..eval.generate import sample
-    from ..eval.metrics import score_samples, summarize
-
     cfg = ctx.cfg
     path = cfg.model.name_or_path or model_dir(ctx.inputs["model"])
     task = get_task(cfg.task)

@@ -9,14 +9,22 @@ the trees in flight. The problem file is read and checked before any model is lo
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
+from tqdm import tqdm
+
+from .. import dist
 from ..config import ConfigError, ModelConfig, StageConfig, path_field
-from ..engines import ENGINES
+from ..engines import ENGINES, engine_from_config, prefix_cache_counts
+from ..faults import fault_point
+from ..io import append_jsonl, atomic_write_json, read_jsonl, repair_jsonl_tail
 from ..mcts.policy import NodeTypeConfig, Policy, default_node_types
-from ..mcts.search import SearchKeys
-from ..mcts.tree import StopRules
+from ..mcts.search import Searcher, SearchKeys, SearchSettings
+from ..mcts.tree import StopRules, to_record
+from ..models import model_dir
+from ..tasks import get_task
 
 KIND = "mcts"
 CODE_VERSION = 1
@@ -79,31 +87,7 @@ def check_config(cfg, prefix: str, where) -> None:
         fail("max_batch_rows", f"must hold the largest sample count of one expansion ({biggest})")
 
 
-def shard_path(out_dir, rank: int):
-    return out_dir / "trees" / f"rank-{rank:05d}.jsonl"
-
-
-def finished_ids(trees_dir) -> set:
-    from ..io import read_jsonl
-
-    done = set()
-    for shard in sorted(trees_dir.glob("rank-*.jsonl")):
-        done.update(str(r["problem_id"]) for r in read_jsonl(shard, required=("problem_id",), allow_torn_tail=True))
-    return done
-
-
 def run(ctx) -> dict:
-    from tqdm import tqdm
-
-    from .. import dist
-    from ..engines import engine_from_config, prefix_cache_counts
-    from ..faults import fault_point
-    from ..io import append_jsonl, atomic_write_json, repair_jsonl_tail
-    from ..models import model_dir
-    from ..tasks import get_task
-    from ..mcts.search import Searcher, SearchSettings
-    from ..mcts.tree import to_record
-
     cfg = ctx.cfg
     task = get_task(cfg.task)
     problems = task.load_problems(cfg.problems_file, cfg.split, cfg.num_problems)  # file:line errors come first
@@ -170,10 +154,6 @@ def run(ctx) -> dict:
 
 def summarize(trees_dir, n_problems: int) -> dict:
     """Counts over every tree in the shards (including trees finished before a resume)."""
-    from collections import Counter
-
-    from ..io import read_jsonl
-
     trees = [r for shard in sorted(trees_dir.glob("rank-*.jsonl")) for r in read_jsonl(shard)]
     if len(trees) != n_problems or len({t["problem_id"] for t in trees}) != n_problems:
         raise RuntimeError(f"{trees_dir}: {len(trees)} trees for {n_problems} problems; rerun the stage to finish")
@@ -196,3 +176,14 @@ def summarize(trees_dir, n_problems: int) -> dict:
             "mean_iterations": round(sum(t["iterations"] for t in trees) / len(trees), 2),
             "tokens_generated": sum(t["tokens_generated"] for t in trees),
             "stop_reasons": dict(Counter(t["stop_reason"] for t in trees))}
+
+
+def shard_path(out_dir, rank: int):
+    return out_dir / "trees" / f"rank-{rank:05d}.jsonl"
+
+
+def finished_ids(trees_dir) -> set:
+    done = set()
+    for shard in sorted(trees_dir.glob("rank-*.jsonl")):
+        done.update(str(r["problem_id"]) for r in read_jsonl(shard, required=("problem_id",), allow_torn_tail=True))
+    return done

@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig
+from ..data.schema import load_sft
+from ..models import load_tokenizer, model_dir
+from ..tasks import get_task
 
 KIND = "sft"
 CODE_VERSION = 1
@@ -67,9 +70,6 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
 
 
 def run(ctx) -> dict:
-    from ..data.schema import load_sft
-    from ..models import load_tokenizer, model_dir
-    from ..tasks import get_task
     from ..train.common import TrackerCallback, checkpoint_step, last_checkpoint, save_final
     from ..train.sft_trainer import build_trainer, tokenize_sft
 

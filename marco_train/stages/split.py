@@ -12,9 +12,20 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
+from .. import dist
 from ..config import ConfigError, ModelConfig, StageConfig, path_field
+from ..data import split as S
+from ..data.authors_format import read_authors_tree
+from ..data.paths import extract_paths
+from ..data.schema import PAIR_COLUMNS, SFT_COLUMNS, save_rows
+from ..data.split import CHOSEN_RULES, REJECTED_RULES, TERCILES
+from ..data.trees import read_trees
+from ..io import DataError, atomic_write_json
+from ..models import load_tokenizer, model_dir
+from ..prompts import prompt_ids, response_ids
+from ..tasks import get_task
 
 KIND = "split"
 CODE_VERSION = 1
@@ -40,8 +51,6 @@ class Config(StageConfig):
 
 def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     """Called by the pipeline at plan time (before any work)."""
-    from ..data.split import CHOSEN_RULES, REJECTED_RULES, TERCILES
-
     allowed = {"tree_format": FORMATS, "tercile_mode": ("per_query", "global"), "chosen": CHOSEN_RULES,
                "rejected": REJECTED_RULES}
     for key, values in allowed.items():
@@ -57,10 +66,35 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
                               f"{', '.join(TERCILES)}")
 
 
+def run(ctx) -> dict:
+    from ..data.length_plot import plot_lengths  # matplotlib
+
+    cfg = ctx.cfg
+    summary = None
+    if dist.is_main():
+        source = Path(cfg.trees_dir) if cfg.trees_dir else Path(ctx.inputs["trees"])
+        fmt, files = tree_files(source, cfg.tree_format)
+        tokenizer_path = cfg.model.name_or_path or model_dir(ctx.inputs["model"])
+        tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
+        trees = load_trees(files, fmt)
+        ctx.log(f"{len(trees)} trees ({fmt} format) from {source}")
+        out = build_split(trees, tokenizer, get_task(cfg.task), cfg, ctx.root.seed)
+        save_rows(out["sft"], SFT_COLUMNS, ctx.out_dir / "sft")
+        save_rows(out["pairs"], PAIR_COLUMNS, ctx.out_dir / "pairs")
+        plot_lengths(out["lengths"], ctx.out_dir / "lengths.png", cfg.tercile_mode)
+        summary = {"task": cfg.task, "format": fmt, "source": str(source), "tokenizer": str(tokenizer_path),
+                   **out["summary"]}
+        atomic_write_json(ctx.out_dir / "summary.json", summary)
+        ctx.tracker.log({"split/sft_rows": len(out["sft"]), "split/pairs": len(out["pairs"]),
+                         "split/trees": len(trees)}, step=0)
+        ctx.tracker.image("split/lengths", ctx.out_dir / "lengths.png")
+        ctx.log(f"SFT set {len(out['sft'])} rows, {len(out['pairs'])} pairs; dropped (sft) "
+                f"{summary['sft']['dropped'] or 'none'}, (pairs) {summary['pairs']['dropped'] or 'none'}")
+    return dist.broadcast_object(summary)
+
+
 def tree_files(source: Path, fmt: str):
     """(format, files) for a tree file or directory (an mcts stage dir's trees/ is looked into)."""
-    from ..io import DataError
-
     if not source.exists():
         raise DataError(f"{source}: tree file or directory not found")
     if source.is_dir() and (source / "trees").is_dir():
@@ -79,10 +113,6 @@ def tree_files(source: Path, fmt: str):
 
 
 def load_trees(files: List[Path], fmt: str):
-    from ..io import DataError
-    from ..data.authors_format import read_authors_tree
-    from ..data.trees import read_trees
-
     trees, seen = [], {}
     for path in files:
         for tree in (read_trees(path) if fmt == "ours" else [read_authors_tree(path)]):
@@ -96,10 +126,6 @@ def load_trees(files: List[Path], fmt: str):
 
 def build_split(trees, tokenizer, task, cfg, seed: int) -> dict:
     """The whole selection, in memory: {"sft": rows, "pairs": rows, "summary": {...}, "lengths": {...}}."""
-    from ..prompts import prompt_ids, response_ids
-    from ..data import split as S
-    from ..data.paths import extract_paths
-
     counts, sft_drops, pair_drops = Counter(), Counter(), Counter()
     queries = []  # (tree, prompt ids, correct paths, wrong paths)
     for tree in trees:
@@ -175,58 +201,3 @@ def build_split(trees, tokenizer, task, cfg, seed: int) -> dict:
         "lengths": {k: S.length_stats(v) for k, v in lengths.items()},
     }
     return {"sft": sft, "pairs": pairs, "summary": summary, "lengths": lengths}
-
-
-def plot_lengths(lengths: Dict[str, List[int]], path: Path, mode: str = "per_query") -> None:
-    """Histograms of correct-path token lengths per tercile (and of wrong paths) as a PNG."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.add_subplot()
-    values = [v for vs in lengths.values() for v in vs]
-    bins = min(40, max(5, len(set(values)))) if values else 5
-    for name, color in (("shortest", "tab:green"), ("medium", "tab:blue"), ("longest", "tab:red"),
-                        ("wrong", "tab:gray")):
-        if lengths.get(name):
-            wrong = name == "wrong"
-            ax.hist(lengths[name], bins=bins, range=(min(values), max(values)), color=color,
-                    alpha=1.0 if wrong else 0.55, linewidth=1.5, histtype="step" if wrong else "stepfilled",
-                    label=f"{name} (n={len(lengths[name])})")
-    ax.set_xlabel("response tokens (training tokenizer)")
-    ax.set_ylabel("paths")
-    ax.set_title(f"Path lengths: correct paths by {mode.replace('_', '-')} tercile; wrong paths")
-    if values:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def run(ctx) -> dict:
-    from .. import dist
-    from ..io import atomic_write_json
-    from ..models import load_tokenizer, model_dir
-    from ..tasks import get_task
-    from ..data.schema import PAIR_COLUMNS, SFT_COLUMNS, save_rows
-
-    cfg = ctx.cfg
-    summary = None
-    if dist.is_main():
-        source = Path(cfg.trees_dir) if cfg.trees_dir else Path(ctx.inputs["trees"])
-        fmt, files = tree_files(source, cfg.tree_format)
-        tokenizer_path = cfg.model.name_or_path or model_dir(ctx.inputs["model"])
-        tokenizer = load_tokenizer(tokenizer_path, cfg.model.trust_remote_code)
-        trees = load_trees(files, fmt)
-        ctx.log(f"{len(trees)} trees ({fmt} format) from {source}")
-        out = build_split(trees, tokenizer, get_task(cfg.task), cfg, ctx.root.seed)
-        save_rows(out["sft"], SFT_COLUMNS, ctx.out_dir / "sft")
-        save_rows(out["pairs"], PAIR_COLUMNS, ctx.out_dir / "pairs")
-        plot_lengths(out["lengths"], ctx.out_dir / "lengths.png", cfg.tercile_mode)
-        summary = {"task": cfg.task, "format": fmt, "source": str(source), "tokenizer": str(tokenizer_path),
-                   **out["summary"]}
-        atomic_write_json(ctx.out_dir / "summary.json", summary)
-        ctx.tracker.log({"split/sft_rows": len(out["sft"]), "split/pairs": len(out["pairs"]),
-                         "split/trees": len(trees)}, step=0)
-        ctx.tracker.image("split/lengths", ctx.out_dir / "lengths.png")
-        ctx.log(f"SFT set {len(out['sft'])} rows, {len(out['pairs'])} pairs; dropped (sft) "
-                f"{summary['sft']['dropped'] or 'none'}, (pairs) {summary['pairs']['dropped'] or 'none'}")
-    return dist.broadcast_object(summary)
