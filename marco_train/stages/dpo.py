@@ -31,6 +31,7 @@ from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, Training
 from ..data.schema import load_pairs
 from ..models import load_model, load_tokenizer, model_dir
 from ..tasks import get_task
+from ..train.loss_config import LossConfig
 
 KIND = "dpo"
 CODE_VERSION = 1
@@ -101,9 +102,7 @@ def canonical_config(config: dict) -> dict:
 
 
 def loss_config(cfg):
-    """The loss keys as train.losses.LossConfig (which checks their values)."""
-    from ..train.losses import LossConfig  # torch: imported at plan time only by this check
-
+    """The loss keys as a LossConfig (which checks their values)."""
     return LossConfig(beta=cfg.beta, epsilon=cfg.epsilon, alpha=cfg.alpha, mask_prefix=cfg.mask_prefix,
                       mask_sft_prefix=cfg.mask_sft_prefix, logp_reduction=cfg.logp_reduction,
                       sft_normalisation=cfg.sft_normalisation)

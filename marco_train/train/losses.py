@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-REDUCTIONS = ("sum", "mean")
+from .loss_config import LossConfig  # the keys; re-exported here
 
 
 @dataclass
@@ -46,32 +46,6 @@ class SideLogps:
     suffix: torch.Tensor  # summed log-probs of the divergent suffix (first differing token to eos)
     prefix_tokens: torch.Tensor  # number of shared-prefix response tokens
     suffix_tokens: torch.Tensor  # number of suffix tokens (>= 1)
-
-
-@dataclass
-class LossConfig:
-    beta: float = 0.1
-    epsilon: float = 0.1
-    alpha: float = 1.0
-    mask_prefix: bool = True
-    mask_sft_prefix: bool = True
-    logp_reduction: str = "sum"  # sum | mean (mean over the scored tokens of each response)
-    sft_normalisation: str = "mean"  # mean (per-token NLL of each chosen response) | sum
-
-    def __post_init__(self):
-        if self.logp_reduction not in REDUCTIONS:
-            raise ValueError(f"logp_reduction='{self.logp_reduction}': use sum or mean")
-        if self.sft_normalisation not in REDUCTIONS:
-            raise ValueError(f"sft_normalisation='{self.sft_normalisation}': use mean or sum")
-        if not 0.0 <= self.epsilon < 0.5:
-            raise ValueError(f"epsilon={self.epsilon}: the cDPO label-noise rate must be in [0, 0.5)")
-        if self.beta <= 0:
-            raise ValueError(f"beta={self.beta}: must be > 0")
-
-    @property
-    def needs_prefix_logps(self) -> bool:
-        """Whether any term reads the prefix log-probs (if not, the log-prob code may skip scoring them)."""
-        return not (self.mask_prefix and self.mask_sft_prefix)
 
 
 @dataclass
