@@ -35,6 +35,7 @@ demo: $(STAMP)
 	$(PY) launchers/pipeline.py --config configs/demo.yaml
 
 test: $(STAMP) $(VLLM_STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 	$(VENV_VLLM)/bin/python -m pytest -q tests/test_vllm*.py
 

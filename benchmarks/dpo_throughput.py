@@ -1,4 +1,5 @@
-"""DPO training throughput: TRL's DPOTrainer (fastest equivalent setup) vs our dpo trainer without / with prefix sharing.
+"""DPO training throughput: TRL's DPOTrainer (fastest equivalent setup) vs our dpo trainer without / with prefix
+sharing.
 
     python benchmarks/dpo_throughput.py [--pairs 4] [--steps 8] [--warmup 2] [--threads 1] [--shapes long,short]
 
@@ -252,7 +253,8 @@ def main() -> None:
             r = alone[impl]
             print(f"  {impl:<16}{tokens_per_step(shape, args.pairs) / median[impl]:>10.0f}{median[impl]:>10.3f}"
                   f"{median['trl'] / median[impl]:>7.2f}x{cpu[impl]:>12.3f}{cpu['trl'] / cpu[impl]:>7.2f}x"
-                  f"{r['peak_rss_mb']:>13.0f}{r['rss_growth_mb']:>11.0f}  {', '.join(f'{x:.6f}' for x in r['losses'][:3])}")
+                  f"{r['peak_rss_mb']:>13.0f}{r['rss_growth_mb']:>11.0f}"
+                  f"  {', '.join(f'{x:.6f}' for x in r['losses'][:3])}")
         compared = [(runs[impl], runs["trl"]) for runs in ({i: alone[i]["losses"] for i in IMPLS}, timing["losses"])
                     for impl in IMPLS[1:]]
         worst = max(abs(a - b) for ours, theirs in compared for a, b in zip(ours, theirs))

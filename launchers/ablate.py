@@ -1,4 +1,7 @@
-"""Run an ablation grid and print the paper-layout table: `python launchers/ablate.py --config configs/ablations/progressive.yaml`."""
+"""Run an ablation grid and print the paper-layout table.
+
+Usage: `python launchers/ablate.py --config configs/ablations/progressive.yaml`.
+"""
 
 from marco_train.cli import ablate_main
 

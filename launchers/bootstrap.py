@@ -1,4 +1,7 @@
-"""Entry point: see `marco_train.cli`. Usage: `torchrun launchers/bootstrap.py --config configs/demo.yaml [key=value ...]`."""
+"""Entry point: see `marco_train.cli`.
+
+Usage: `torchrun launchers/bootstrap.py --config configs/demo.yaml [key=value ...]`.
+"""
 
 from marco_train.cli import stage_main
 

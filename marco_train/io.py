@@ -104,7 +104,8 @@ def hash_path(path: str | os.PathLike) -> str:
     path = Path(path)
     h = hashlib.sha256()
     files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
     for p in files:
         if p != path:
             h.update(str(p.relative_to(path)).encode() + b"\0")

@@ -8,10 +8,10 @@ WANDB_MODE (online | offline | disabled) in the environment wins over the config
 from __future__ import annotations
 
 import json
-import secrets
-import time
 import math
 import os
+import secrets
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 

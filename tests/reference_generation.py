@@ -29,7 +29,8 @@ def generate(model, tokenizer, prompts: List[List[int]], max_new_tokens: int, ba
         for row in gen[:, width:].tolist():
             ended = eos in row
             row = row[:row.index(eos)] if ended else [t for t in row if t != pad]
-            out.append(Completion(tokenizer.decode(row, skip_special_tokens=True), row, [], [], [], "eos" if ended else "length"))
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            out.append(Completion(text, row, [], [], [], "eos" if ended else "length"))
         if progress is not None:
             progress.update(len(batch))
     return out

@@ -15,7 +15,8 @@ TASK = get_task("toy")
 def test_pairs_are_split_at_the_token_divergence(toy_tokenizer):
     rows = toy_pairs(toy_tokenizer, 6)
     examples, stats = tokenize_pairs(rows, toy_tokenizer, TASK, max_length=4096)
-    assert (stats.total, stats.kept, stats.truncated, stats.dropped_no_divergence, stats.dropped_too_long) == (6, 6, 0, 0, 0)
+    assert (stats.total, stats.kept, stats.truncated) == (6, 6, 0)
+    assert (stats.dropped_no_divergence, stats.dropped_too_long) == (0, 0)
     for row, e in zip(rows, examples):
         prompt = prompt_ids(toy_tokenizer, TASK, row["question"])
         chosen, rejected = response_ids(toy_tokenizer, row["chosen"]), response_ids(toy_tokenizer, row["rejected"])

@@ -175,8 +175,8 @@ def test_a_non_finite_loss_stops_training_naming_the_pairs(tmp_path, toy_tokeniz
     from transformers import TrainingArguments
 
     from dpo_testlib import tiny_model, toy_pairs
-    from marco_train.train.dpo_trainer import FineGrainedDPOTrainer
     from marco_train.train.dpo_data import PairCollator
+    from marco_train.train.dpo_trainer import FineGrainedDPOTrainer
     from marco_train.train.losses import LossConfig
 
     examples, _ = tokenize_pairs(toy_pairs(toy_tokenizer, 2), toy_tokenizer, get_task("toy"), 512)

@@ -2,12 +2,17 @@
 
 import pytest
 
+from marco_train.config import ConfigError
 from marco_train.io import DataError, append_jsonl, atomic_write_json, hash_path, read_jsonl, repair_jsonl_tail
+from marco_train.models import (
+    load_model,
+    load_tokenizer,
+    resolve_attention,
+    resolve_dtype,
+    resolve_gradient_checkpointing,
+)
 from marco_train.tasks import load_problems_file
 from marco_train.train.common import gradient_accumulation, resolve_precision
-from marco_train.config import ConfigError
-from marco_train.models import (load_model, load_tokenizer, resolve_attention, resolve_dtype,
-                                resolve_gradient_checkpointing)
 
 
 def test_read_jsonl_names_file_line_and_field(tmp_path):

@@ -18,7 +18,8 @@ PAIR = {
 }
 # Δ by hand (β = 0.1):
 #   sum,  masked:   lp: pc=-2.0 rc=-1.6 pr=-3.0 rr=-2.0            Δ = 0.1·((-0.4) - (-1.0))      = 0.06
-#   sum,  unmasked: pc=-5.0 rc=-4.6 pr=-6.0 rr=-5.0                Δ = 0.1·((-0.4) - (-1.0))      = 0.06 (prefix cancels)
+#   sum,  unmasked: pc=-5.0 rc=-4.6 pr=-6.0 rr=-5.0                Δ = 0.1·((-0.4) - (-1.0))      = 0.06
+#                   (the prefix cancels)
 #   mean, masked:   pc=-1.0 rc=-0.8 pr=-3.0 rr=-2.0                Δ = 0.1·((-0.2) - (-1.0))      = 0.08
 #   mean, unmasked: pc=-1.25 rc=-1.15 pr=-2.0 rr=-5/3              Δ = 0.1·((-0.1) - (-1/3))      = 0.02333...
 # cDPO(Δ, ε) = -(1-ε)·log σ(Δ) - ε·log σ(-Δ) = log(1 + e^-Δ) + ε·Δ:
@@ -158,7 +159,8 @@ def test_cdpo_is_finite_for_extreme_margins():
 
 
 @pytest.mark.parametrize("kwargs,words", [({"logp_reduction": "max"}, "logp_reduction"), ({"epsilon": 0.5}, "epsilon"),
-                                          ({"beta": 0.0}, "beta"), ({"sft_normalisation": "tokens"}, "sft_normalisation")])
+                                          ({"beta": 0.0}, "beta"),
+                                          ({"sft_normalisation": "tokens"}, "sft_normalisation")])
 def test_bad_config_values_are_named(kwargs, words):
     with pytest.raises(ValueError, match=words):
         LossConfig(**kwargs)

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from reference_generation import generate
-from marco_train.engines.confidence import token_confidence
 from marco_train.engines.base import SamplingParams
+from marco_train.engines.confidence import token_confidence
 from marco_train.engines.hf_engine import HFEngine
 from marco_train.prompts import prompt_ids
 from marco_train.tasks import get_task, load_problems_file
+from reference_generation import generate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

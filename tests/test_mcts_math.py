@@ -9,9 +9,19 @@ from omegaconf import OmegaConf
 
 from marco_train.engines.confidence import mean_confidence, step_confidence, token_confidence
 from marco_train.mcts.policy import Policy
+from marco_train.mcts.tree import (
+    StopRules,
+    Tree,
+    backpropagate,
+    path_confidence,
+    record_rollout,
+    reflection_anchor,
+    reward,
+    select_child,
+    stop_reason,
+    uct,
+)
 from marco_train.stages.mcts import Config
-from marco_train.mcts.tree import (StopRules, Tree, backpropagate, path_confidence, record_rollout,
-                                   reflection_anchor, reward, select_child, stop_reason, uct)
 from marco_train.tasks.base import Problem
 
 PROBS = [0.5, 0.2, 0.1, 0.1, 0.05, 0.03, 0.02]  # a 7-token vocabulary; the top 5 hold 0.95

@@ -10,9 +10,9 @@ from conftest import TOY_CHECKPOINT, tiny_qwen2
 from marco_train.engines.hf_engine import HFEngine
 from marco_train.mcts.policy import Policy
 from marco_train.mcts.search import Searcher, SearchSettings, token_key
-from marco_train.stages.mcts import Config
 from marco_train.mcts.tree import reflection_anchor, response_text, to_record
 from marco_train.prompts import parse_response
+from marco_train.stages.mcts import Config
 from marco_train.tasks import get_task, load_problems_file
 
 REFLECTION = "\n<reflection>Wait! Maybe I made some mistakes! I need to rethink from scratch.</reflection>"

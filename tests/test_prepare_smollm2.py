@@ -17,7 +17,8 @@ def test_prepared_directory_round_trips_and_is_idempotent(smollm2_dir, smollm2_t
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
 
     tok = smollm2_tokenizer
-    text = "Natalia sold 48 clips in April, and then she sold half as many clips in May.\n<thinking>48 / 2 = 24</thinking>"
+    text = ("Natalia sold 48 clips in April, and then she sold half as many clips in May.\n"
+            "<thinking>48 / 2 = 24</thinking>")
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     chat = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}], tokenize=False,
                                    add_generation_prompt=True)

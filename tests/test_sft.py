@@ -6,14 +6,14 @@ import types
 
 import pytest
 import torch
-from conftest import TOY_CHECKPOINT
 from omegaconf import OmegaConf
 
+from conftest import TOY_CHECKPOINT
 from marco_train.config import ConfigError, TrainingConfig
 from marco_train.io import DataError
 from marco_train.prompts import prompt_ids, response_ids
-from marco_train.tasks import get_task
 from marco_train.stages import sft
+from marco_train.tasks import get_task
 from marco_train.train.common import save_final
 from marco_train.train.sft_trainer import build_trainer, check_packing, tokenize_sft
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import PYTHON, pipeline, run, torchrun
 
 CONFIG = "tests/configs/split_sft.yaml"
@@ -30,10 +31,10 @@ def test_demo_sft_under_torchrun_two_ranks_saves_a_model_that_reloads_and_genera
     """The acceptance command on the real demo DAG (bootstrap -> mcts -> split), with the search cut to 6 problems."""
     from transformers import AutoModelForCausalLM
 
-    from reference_generation import generate
     from marco_train.models import load_tokenizer
     from marco_train.prompts import prompt_ids
     from marco_train.tasks import get_task
+    from reference_generation import generate
 
     args = [f"runs_dir={tmp_path / 'runs'}", "stages.mcts.num_problems=6"]
     pipeline("configs/demo.yaml", *args, flags=["--until", "split"], env=ONE_THREAD)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from conftest import pipeline
 
 CONFIG = "configs/smollm2.yaml"
@@ -78,7 +79,8 @@ def test_smollm2_config_runs_the_whole_dag_on_one_problem_and_a_rerun_is_cached(
     assert table in again.stdout
 
 
-def test_no_bootstrap_stage_the_model_comes_from_the_cache_and_a_stage_without_a_model_is_refused(monkeypatch, tmp_path):
+def test_no_bootstrap_stage_the_model_comes_from_the_cache_and_a_stage_without_a_model_is_refused(
+        monkeypatch, tmp_path):
     from marco_train.config import ConfigError
     from marco_train.pipeline import build_plan
 

@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 from marco_train.data import split as S
 from marco_train.data.paths import extract_paths
 from marco_train.data.trees import parse_tree, read_trees
-from marco_train.stages.split import Config, build_split
 from marco_train.io import DataError
 from marco_train.prompts import prompt_ids, response_ids
+from marco_train.stages.split import Config, build_split
 from marco_train.tasks import get_task
 
 SUB = "Firstly, I need to break down this task. There are 1 steps."

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import pipeline
 
+from conftest import pipeline
 from marco_train.data.authors_format import read_authors_tree
 from marco_train.data.paths import extract_paths
 from marco_train.data.schema import PAIR_COLUMNS, load_pairs, load_sft, save_rows

@@ -54,9 +54,9 @@ def _write_row(tmp_path, query: str, plan: str):
 
 
 def test_ground_truth_plan_that_fails_is_a_data_error(tmp_path):
-    query = ("[STATEMENT]\nAs initial conditions I have that, the red block is clear, the blue block is clear, the hand "
-             "is empty, the red block is on the table and the blue block is on the table.\nMy goal is to have that "
-             "the red block is on top of the blue block.\n\nMy plan is as follows:\n\n[PLAN]")
+    query = ("[STATEMENT]\nAs initial conditions I have that, the red block is clear, the blue block is clear, "
+             "the hand is empty, the red block is on the table and the blue block is on the table.\n"
+             "My goal is to have that the red block is on top of the blue block.\n\nMy plan is as follows:\n\n[PLAN]")
     assert get_task("blocksworld").load_problems(_write_row(tmp_path, query, "(pick-up red)\n(stack red blue)"))
     with pytest.raises(DataError, match=r"row 0: the ground-truth plan does not reach the goal .*step 2"):
         get_task("blocksworld").load_problems(_write_row(tmp_path, query, "(pick-up red)\n(stack blue red)"))
@@ -82,7 +82,8 @@ def test_simulator_preconditions():
 
 
 def test_action_phrases_both_syntaxes():
-    text = "1. Pick up the red block. 2) (stack red blue); then put-down the cyan block and unstack the x block from the y block"
+    text = ("1. Pick up the red block. 2) (stack red blue); then put-down the cyan block and unstack the x block "
+            "from the y block")
     assert parse_actions(text) == [("pick-up", "red"), ("stack", "red", "blue"), ("put-down", "cyan"), ("unstack", "x")]
 
 

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from marco_train.eval.metrics import score_samples, summarize
 from marco_train.engines.base import Completion
+from marco_train.eval.metrics import score_samples, summarize
 from marco_train.io import read_jsonl
 from marco_train.prompts import NODE_TYPES, build_prompt
 from marco_train.tasks import get_task

@@ -3,11 +3,10 @@
 import json
 import random
 
-from marco_train.prompts import build_prompt, parse_response, prompt_ids, response_ids
+from marco_train.prompts import REFLECTION_TEXT, build_prompt, parse_response, prompt_ids, response_ids
 from marco_train.tasks import get_task, load_problems_file
 from marco_train.tasks.toy import generate, steps_of
 from marco_train.toy.tokenizer import build_tokenizer
-from marco_train.prompts import REFLECTION_TEXT
 from marco_train.toy.traces import trace
 
 
@@ -62,7 +61,8 @@ def test_shipped_tokenizer_round_trips_after_reload(toy_tokenizer, tmp_path):
         assert len(tok(tag, add_special_tokens=False)["input_ids"]) == 1
     assert tok.decode(tok("7 + 15 = 22", add_special_tokens=False)["input_ids"]) == "7 + 15 = 22"
     task = get_task("toy")
-    assert build_prompt(tok, task, "Compute 1 + 2.") == "<|im_start|>user\nCompute 1 + 2.<|im_end|>\n<|im_start|>assistant\n"
+    expected = "<|im_start|>user\nCompute 1 + 2.<|im_end|>\n<|im_start|>assistant\n"
+    assert build_prompt(tok, task, "Compute 1 + 2.") == expected
     assert response_ids(tok, "<answer>x</answer>")[-1] == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
     assert prompt_ids(tok, task, "Compute 1 + 2.") == prompt_ids(toy_tokenizer, task, "Compute 1 + 2.")
 

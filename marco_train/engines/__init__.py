@@ -38,8 +38,8 @@ def build_engine(name: str, model_dir, tokenizer=None, *, dtype: str = "auto", a
         return VLLMEngine(model_dir, tokenizer, name=label or "vllm", dtype=dtype,
                           trust_remote_code=trust_remote_code, **options)
     from .. import dist
-    from .hf_engine import HFEngine
     from ..models import load_model
+    from .hf_engine import HFEngine
 
     model = load_model(model_dir, dtype, attn_implementation, trust_remote_code, device=dist.device())
     return HFEngine(model, tokenizer, name=label or "hf", **options)

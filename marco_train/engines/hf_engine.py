@@ -368,7 +368,7 @@ class HFEngine(Engine):
 
     # ------------------------------------------------------------------ finishing
     def _retire(self, finished: List[int]):
-        """Build completions of finished rows, store their KV in the prefix cache, compact the live rows to the front."""
+        """Build completions of finished rows, store their KV in the prefix cache, move the live rows to the front."""
         import torch
 
         if not finished:

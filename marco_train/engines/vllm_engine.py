@@ -32,8 +32,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from .confidence import TOP_K, token_confidence
 from .base import Completion, Engine, SamplingParams
+from .confidence import TOP_K, token_confidence
 
 
 def _prefix_cache_logger(stats: Dict[str, int]):

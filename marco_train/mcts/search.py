@@ -23,11 +23,23 @@ from dataclasses import dataclass, field, fields
 from pathlib import PurePath
 from typing import Callable, Dict, Iterable, List, Optional
 
-from ..prompts import close_tag, prompt_ids
 from ..engines.base import Completion, Engine, SamplingParams, derive_seed
+from ..prompts import close_tag, prompt_ids
 from .policy import ANSWER, REFLECTION, Policy
-from .tree import (Node, StopRules, Tree, backpropagate, path, path_confidence, record_rollout, reflection_anchor,
-                   response_text, reward, select_child, stop_reason)
+from .tree import (
+    Node,
+    StopRules,
+    Tree,
+    backpropagate,
+    path,
+    path_confidence,
+    record_rollout,
+    reflection_anchor,
+    response_text,
+    reward,
+    select_child,
+    stop_reason,
+)
 
 
 @dataclass

@@ -112,8 +112,14 @@ def run(ctx) -> dict:
     from datasets import Dataset
     from transformers import set_seed
 
-    from ..train.common import (TrackerCallback, apply_lora, checkpoint_step, last_checkpoint, save_final,
-                                training_arguments)
+    from ..train.common import (
+        TrackerCallback,
+        apply_lora,
+        checkpoint_step,
+        last_checkpoint,
+        save_final,
+        training_arguments,
+    )
     from ..train.dpo_data import PairCollator, tokenize_pairs
     from ..train.dpo_trainer import FineGrainedDPOTrainer, sharing
     from ..train.prefix_sharing import mask_dtype_for

@@ -49,7 +49,8 @@ def split_pair(prompt: List[int], chosen: List[int], rejected: List[int], max_le
     cut = max(excess, 0)
     if cut and (truncation == "drop" or cut > k):
         return "too_long", {}
-    example = {"prompt_ids": prompt, "prefix_ids": chosen[cut:k], "chosen_ids": chosen[k:], "rejected_ids": rejected[k:]}
+    example = {"prompt_ids": prompt, "prefix_ids": chosen[cut:k],
+               "chosen_ids": chosen[k:], "rejected_ids": rejected[k:]}
     return ("truncated" if cut else "kept"), example
 
 
@@ -70,7 +71,8 @@ def tokenize_pairs(rows: Iterable[dict], tokenizer, task, max_length: int, trunc
         shared = common_prefix_len(chosen, rejected)
         if shared != int(row["shared_prefix_len"]):
             raise DataError(f"{source}: row {i} (id {row['id']!r}): shared_prefix_len is {row['shared_prefix_len']} "
-                            f"but the {getattr(tokenizer, 'name_or_path', '')} tokenizer gives {shared} shared response "
+                            f"but the {getattr(tokenizer, 'name_or_path', '')} tokenizer gives {shared} shared "
+                            f"response "
                             f"tokens; the split stage must use the tokenizer of the model being trained — re-run it")
         status, example = split_pair(prompt, chosen, rejected, max_length, truncation)
         if status == "no_divergence":
@@ -95,7 +97,8 @@ class PairCollator:
     """
 
     def __init__(self, pad_token_id: int, shared: bool = False, score_prefix: bool = True, mask_dtype=None):
-        self.pad_token_id, self.shared, self.score_prefix, self.mask_dtype = pad_token_id, shared, score_prefix, mask_dtype
+        self.pad_token_id, self.shared = pad_token_id, shared
+        self.score_prefix, self.mask_dtype = score_prefix, mask_dtype
 
     def __call__(self, examples: Sequence[Dict]) -> Dict:
         import torch

@@ -30,6 +30,7 @@ def run(ctx):
         tokenizer = load_tokenizer("marco_train/toy/checkpoint")
         save_pairs(toy_pairs(tokenizer, ctx.cfg.n_pairs, seed=ctx.root.seed), ctx.out_dir)
         (ctx.out_dir / "summary.json").write_text('{"task": "toy"}\n')  # as the split stage records it
-        save_model(tiny_model(tokenizer, ctx.cfg.model_seed, ctx.cfg.hidden_size, ctx.cfg.layers), tokenizer, ctx.out_dir)
+        model = tiny_model(tokenizer, ctx.cfg.model_seed, ctx.cfg.hidden_size, ctx.cfg.layers)
+        save_model(model, tokenizer, ctx.out_dir)
     dist.barrier()
     return {"pairs": ctx.cfg.n_pairs}
