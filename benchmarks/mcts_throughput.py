@@ -1,4 +1,4 @@
-"""MCTS generation throughput (DESIGN section 11): generated tokens/s of the tree search, from one run, as a
+"""MCTS generation throughput (README: Performance): generated tokens/s of the tree search, from one run, as a
 ratio to (a) plain batched sampling with the same engine, model and lengths: the searched problems' prompts,
 one request per root-to-answer path drawn from the search's trees, each generating exactly as many tokens as
 that path has (ignore_eos), so both attend over the same context lengths; and (b) a one-node-at-a-time

@@ -1,7 +1,7 @@
 """The one prompt contract: how (task, question) becomes a chat prompt, and how a tagged response is read.
 
 mcts, sft, dpo and eval all go through these functions, so a model is searched, trained and evaluated on
-exactly the same text. A response is a sequence of tagged segments `<type>...</type>` (DESIGN section 4).
+exactly the same text. A response is a sequence of tagged segments `<type>...</type>` (mcts_data/README.md).
 """
 
 from __future__ import annotations

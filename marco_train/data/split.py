@@ -1,4 +1,4 @@
-"""Length balance and pair selection as pure functions over lengths and token ids (DESIGN section 5).
+"""Length balance and pair selection as pure functions over lengths and token ids (the split stage's rules).
 
 - `tercile_labels`: rank paths by token length into shortest / medium / longest. Applied to the correct
   paths of one query (the paper's relative split) or to all correct paths at once (`global` ablation).

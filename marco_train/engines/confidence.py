@@ -1,4 +1,4 @@
-"""The v1 confidence value of a generated token, from the RAW log-probabilities (DESIGN section 4).
+"""The v1 confidence value of a generated token, from the RAW log-probabilities.
 
     c_i = exp(lp(t_i)) / sum_{k=1..5} exp(lp(t_k))
 

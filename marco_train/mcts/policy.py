@@ -1,6 +1,6 @@
 """The node-type policy: which children a node expands into, how each child's text starts and where it stops.
 
-Granularities (DESIGN section 4):
+Granularities (the mcts stage's `granularity`):
 * `tagged` (v2): a node is one tagged segment `<type>...</type>`; its children come from the transition
   matrix (`node_types.<type>.children`: child type -> samples, in expansion order); it starts with the
   separator (except right after the root), its open tag and a prefill chosen by the tree's RNG, and

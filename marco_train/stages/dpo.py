@@ -8,7 +8,7 @@ logps/rejected, plus loss/dpo and loss/sft; W&B through the tracker).
 Reused: transformers' Trainer (optimizer, schedule, accumulation, DDP, DeepSpeed ZeRO-2/3, checkpoints and
 resume), datasets, peft. Ours: the loss (losses.py), the log-prob computation (logprobs.py; prefix sharing in
 prefix_sharing.py) and the pair handling (dpo_data.py) — TRL's DPOTrainer has no cDPO for the sigmoid loss, masks a
-prefix only by moving it into the prompt, and cannot share the prefix computation (DESIGN section 6).
+prefix only by moving it into the prompt, and cannot share the prefix computation (losses.py).
 
 Reference: `reference.mode=cached` (default) computes the reference log-probs once, before the policy is loaded,
 and stores them under <experiment dir>/_cache/reference_logps/<key>.safetensors, key = content hash of the

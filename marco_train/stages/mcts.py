@@ -1,4 +1,4 @@
-"""Stage `mcts`: MCTS tree construction with dynamic reflection nodes (DESIGN section 4).
+"""Stage `mcts`: MCTS tree construction with dynamic reflection nodes.
 
 Problems are sharded by id across ranks (sorted ids, round robin); each rank appends every finished tree to
 its own shard `trees/rank-NNNNN.jsonl` (one tree per line, schema in mcts_data/README.md). A rerun repairs a

@@ -1,4 +1,4 @@
-"""Stage `split`: trees -> the length-balanced SFT set and the DPO pair set (DESIGN section 5).
+"""Stage `split`: trees -> the length-balanced SFT set and the DPO pair set (rules in data/split.py).
 
 Inputs: `trees` (an mcts stage; or set `trees_dir` to trees made elsewhere, e.g. by the authors' v2 engine)
 and `model` (the model to be trained: its tokenizer measures lengths and shared prefixes).

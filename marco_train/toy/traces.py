@@ -1,4 +1,4 @@
-"""Tagged reasoning traces for the toy task, in the node format of DESIGN section 4.
+"""Tagged reasoning traces for the toy task, in the node format of prompts.py.
 
 Most traces are straight (sub_task, thinking per step, double_check, answer); a share contain a wrong
 last step that the double_check catches, followed by reflection and thinking_from_scratch with the

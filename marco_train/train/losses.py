@@ -1,4 +1,4 @@
-"""The fine-grained DPO loss of Marco-o1 v2 (DESIGN section 6) as pure functions of log-prob tensors.
+"""The fine-grained DPO loss of Marco-o1 v2 as pure functions of log-prob tensors.
 
 Per pair, with lp the (reduced) log-prob of a response under the policy θ or the frozen reference:
 
