@@ -7,7 +7,7 @@ is in the batch (up to float rounding of batched matmuls). Every returned token 
 log-prob and the top-5 raw log-probs (log-softmax at temperature 1, before temperature/top-p/top-k) and
 its v1 confidence (confidence.py).
 
-`HFEngine` (hf_engine.py) implements it with transformers; `VLLMEngine` (marco_train/engines) with vLLM.
+`HFEngine` (hf_engine.py) implements it with transformers; `VLLMEngine` (vllm_engine.py) with vLLM.
 """
 
 from __future__ import annotations

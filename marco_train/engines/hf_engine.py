@@ -1,4 +1,4 @@
-"""The `hf` generation engine: transformers models behind the search's engine interface (engine.py).
+"""The `hf` generation engine: transformers models behind the search's engine interface (base.py).
 
 `HFEngine` is written here rather than calling `model.generate` because the search needs what generate does
 not give: continuous batching across requests (a finished row's slot is refilled at the next step),
