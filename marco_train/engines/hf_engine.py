@@ -2,8 +2,8 @@
 
 `HFEngine` is written here rather than calling `model.generate` because the search needs what generate does
 not give: continuous batching across requests (a finished row's slot is refilled at the next step),
-reuse of the KV cache of every stored prefix (prefix_cache.py), per-row seeded sampling and raw
-log-probs. It drives the model's own forward with a slot-indexed KV store (one row per running sample,
+reuse of the KV cache of every stored prefix (prefix_cache.py), per-row seeded sampling (hf_ops.py) and
+raw log-probs. It drives the model's own forward with a slot-indexed KV store (one row per running sample,
 right-aligned, per-row lengths) passed as `past_key_values`, plus an explicit 4D mask and position ids.
 Supported: decoder-only models with full attention whose layers call `past_key_values.update` (Llama,
 Qwen2, Mistral without sliding window, ...).
@@ -16,8 +16,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import torch
+
 from .base import Completion, Engine, SamplingParams, derive_seed
-from .prefix_cache import PrefixCache
+from .confidence import step_confidence
+from .hf_ops import SlotView, sample_tokens
+from .prefix_cache import PrefixCache, trim_pieces
 
 
 @dataclass
@@ -28,28 +32,9 @@ class _Request:
     done: List[Optional[Completion]] = field(default_factory=list)
 
 
-class _SlotView:
-    """`past_key_values` for one forward over slot rows `rows`: writes the new K/V at per-row columns and hands
-    the layer views [rows, heads, :width, dim] of the store back to the attention."""
-
-    def __init__(self, store, rows: slice, write_cols, width: int):
-        import torch
-
-        self.store, self.rows, self.write_cols, self.width = store, rows, write_cols, width
-        self.row_idx = torch.arange(rows.start, rows.stop)[:, None].expand_as(write_cols)
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        keys, values = self.store[layer_idx, 0], self.store[layer_idx, 1]
-        keys[self.row_idx, :, self.write_cols] = key_states.transpose(1, 2).to(keys.dtype)
-        values[self.row_idx, :, self.write_cols] = value_states.transpose(1, 2).to(values.dtype)
-        return keys[self.rows, :, :self.width], values[self.rows, :, :self.width]
-
-
 class HFEngine(Engine):
     def __init__(self, model, tokenizer, max_batch_rows: int = 128, prefix_cache_mb: float = 512,
                  feed_limit: int = 12, name: str = "hf"):
-        import torch
-
         cfg = model.config
         kinds = set(getattr(cfg, "layer_types", None) or ["full_attention"])
         if kinds != {"full_attention"} or getattr(cfg, "use_sliding_window", False):
@@ -96,8 +81,6 @@ class HFEngine(Engine):
         return bool(self.waiting or self.active)
 
     def step(self):
-        import torch
-
         with torch.no_grad():
             out = self._retire(self._admit())  # a first token can already finish a row (eos, max_tokens=1)
             if self.active:
@@ -107,8 +90,6 @@ class HFEngine(Engine):
     # ------------------------------------------------------------------ state
     def _ensure(self, width: int, steps: int) -> None:
         """Grow the KV store to `width` columns (+1 scratch column for padding writes) and the per-row buffers."""
-        import torch
-
         dev = self.device
         if self.store is None or width + 1 > self.width:
             new_width = max(width + 1, 2 * self.width, 64)
@@ -139,12 +120,10 @@ class HFEngine(Engine):
 
     def _forward(self, rows: slice, input_ids, positions, write_cols, allowed):
         """One model forward over slot rows; `allowed` [b, q, width] says which cache columns each query sees."""
-        import torch
-
         started = time.perf_counter()
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        view = _SlotView(self.store, rows, write_cols, allowed.shape[-1])
+        view = SlotView(self.store, rows, write_cols, allowed.shape[-1])
         out = self.model(input_ids=input_ids, attention_mask=mask[:, None], position_ids=positions,
                          past_key_values=view, use_cache=True, logits_to_keep=1)
         self.stats["forward_seconds"] += time.perf_counter() - started
@@ -155,8 +134,6 @@ class HFEngine(Engine):
         """Start waiting requests in free rows. A request copies the KV of its longest stored prefix; a short rest
         (<= feed_limit tokens, e.g. the separator and tag of a new segment) is fed through the next decode steps
         of its rows, a longer one (a new prompt) is prefilled here in one batched forward."""
-        import torch
-
         b = len(self.active)
         free = self.rows - b - self.reserved
         fed, prefill = [], []
@@ -166,7 +143,7 @@ class HFEngine(Engine):
             matched, pieces = self.cache.match(req.prompt)
             if matched >= len(req.prompt):  # keep at least one token to run: its logits give the first sample
                 matched = len(req.prompt) - 1
-                pieces = _trim(pieces, matched)
+                pieces = trim_pieces(pieces, matched)
             self.stats["reused_tokens"] += matched
             self.stats["prefill_tokens"] += len(req.prompt) - matched
             (fed if len(req.prompt) - matched <= self.feed_limit else prefill).append((req, matched, pieces))
@@ -202,8 +179,6 @@ class HFEngine(Engine):
         return self._prefill(prefill) if prefill else []
 
     def _prefill(self, batch):
-        import torch
-
         first = len(self.active)  # first sample of each request: contiguous rows; their siblings after them
         m = len(batch)
         slots: List[List[int]] = []
@@ -246,14 +221,10 @@ class HFEngine(Engine):
         return self._sample(logits[torch.tensor(row_logits, device=self.device)], rows_t)
 
     def _long(self, values):
-        import torch
-
         return torch.tensor(values, dtype=torch.long, device=self.device)
 
     def _reset_rows(self, rows: List[int], entries: List[Tuple[_Request, int]]):
         """Sampling state of fresh rows (a freed slot keeps its last occupant's values until this)."""
-        import torch
-
         idx = self._long(rows)
         params = [req.params for req, _ in entries]
         self.count[idx], self.spawn[idx], self.feed_left[idx] = 0, 0, 0
@@ -270,8 +241,6 @@ class HFEngine(Engine):
 
     # ------------------------------------------------------------------ decoding
     def _decode(self):
-        import torch
-
         b = len(self.active)
         lens = self.lens[:b]
         width = int(lens.max()) + 1
@@ -313,18 +282,8 @@ class HFEngine(Engine):
 
     def _sample(self, logits, rows):
         """Sample one token per row with the row's own uniforms; record raw log-probs; return finished rows."""
-        import torch
-
-        from .confidence import step_confidence
-
-        temp, count = self.temp[rows], self.count[rows]
-        scaled = logits / temp.clamp_min(1e-5)[:, None]
-        if bool((self.top_k[rows] > 0).any()) or bool((self.top_p[rows] < 1).any()):
-            scaled = _filter_top_k_top_p(scaled, self.top_k[rows], self.top_p[rows])
-        cdf = torch.softmax(scaled, dim=-1).cumsum(-1)
-        u = self.uniform[rows, count] * cdf[:, -1]
-        token = torch.searchsorted(cdf, u[:, None]).squeeze(1).clamp_max(logits.shape[-1] - 1)
-        token = torch.where(temp == 0, logits.argmax(-1), token)
+        count = self.count[rows]
+        token = sample_tokens(logits, self.temp[rows], self.top_k[rows], self.top_p[rows], self.uniform[rows, count])
         started = time.perf_counter()
         conf, lp, top_lp, top_ids = step_confidence(logits, token)
         self.stats["confidence_seconds"] += time.perf_counter() - started
@@ -342,8 +301,6 @@ class HFEngine(Engine):
 
     def _stop_candidates(self, token) -> List[bool]:
         """Rows whose new token contains the last character of some stop string (only those are decoded)."""
-        import torch
-
         stops = {s for req, _ in self.active for s in req.params.stop}
         if not stops:
             return [False] * len(token)
@@ -369,8 +326,6 @@ class HFEngine(Engine):
     # ------------------------------------------------------------------ finishing
     def _retire(self, finished: List[int]):
         """Build completions of finished rows, store their KV in the prefix cache, move the live rows to the front."""
-        import torch
-
         if not finished:
             return []
         out = []
@@ -427,27 +382,3 @@ class HFEngine(Engine):
 _INT_COLUMNS = ("lens", "count", "pending", "top_k", "limit", "feed_left", "feed_pos", "spawn", "eos_stops")
 _FLOAT_COLUMNS = ("temp", "top_p")
 _ROW_BUFFERS = ("ints", "floats", "feed", "out_ids", "out_lp", "out_conf", "top_ids", "top_lp", "uniform")
-
-
-def _trim(pieces, n: int):
-    out, total = [], 0
-    for p in pieces:
-        take = min(p.shape[3], n - total)
-        if take <= 0:
-            break
-        out.append(p[:, :, :, :take])
-        total += take
-    return out
-
-
-def _filter_top_k_top_p(scaled, top_k, top_p):
-    """Mask logits outside each row's top-k / nucleus top-p (applied after temperature, as vLLM does)."""
-    import torch
-
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)
-    rank = torch.arange(scaled.shape[-1], device=scaled.device)[None, :]
-    drop = (top_k[:, None] > 0) & (rank >= top_k[:, None])
-    probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
-    drop |= (probs.cumsum(-1) - probs) > top_p[:, None]
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_logits)

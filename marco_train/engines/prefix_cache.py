@@ -104,3 +104,15 @@ class PrefixCache:
     def clear(self) -> None:
         self.root = _Edge([], None, None)
         self.tokens = 0
+
+
+def trim_pieces(pieces, n: int):
+    """The first `n` tokens of the KV pieces `PrefixCache.match` returned (each [layers, 2, heads, tokens, dim])."""
+    out, total = [], 0
+    for p in pieces:
+        take = min(p.shape[3], n - total)
+        if take <= 0:
+            break
+        out.append(p[:, :, :, :take])
+        total += take
+    return out
