@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, List, Sequence
 
 
 class DataError(ValueError):
@@ -45,6 +45,24 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
+def text_lines(path: str | os.PathLike, drop_torn_tail: bool = False) -> List[str]:
+    """The lines of a UTF-8 text file (newlines kept); a byte that is not UTF-8 is a DataError naming file:line.
+    drop_torn_tail: leave out a last line without a newline (what a killed appender leaves)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        raw = f.read().splitlines(keepends=True)
+    if drop_torn_tail and raw and not raw[-1].endswith((b"\n", b"\r")):
+        raw.pop()
+    lines = []
+    for lineno, line in enumerate(raw, 1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {line[e.start]:#04x} at column {e.start + 1}); "
+                            f"re-save the file as UTF-8") from None
+    return lines
+
+
 def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = (), allow_torn_tail: bool = False,
                what: str = "a JSON object") -> Iterator[tuple[str, dict]]:
     """Yield ("file:line", dict) from a JSONL file; errors name file:line and the missing field.
@@ -53,13 +71,9 @@ def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = (), allow_torn
     """
     path = Path(path)
     required = tuple(required)
-    with open(path) as f:
-        lines = f.readlines()
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(text_lines(path, drop_torn_tail=allow_torn_tail), 1):
         if not line.strip():
             continue
-        if allow_torn_tail and lineno == len(lines) and not line.endswith("\n"):
-            return
         where = f"{path}:{lineno}"
         try:
             record = json.loads(line)

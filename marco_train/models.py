@@ -6,7 +6,11 @@ trust_remote_code stays off unless the config turns it on; weights load from saf
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
+from typing import Optional
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def on_gpu() -> bool:
@@ -40,15 +44,45 @@ def resolve_gradient_checkpointing(value) -> bool:
     return on_gpu() if value is None else bool(value)
 
 
-def check_local(name_or_path: str | Path) -> None:
-    """A name that can only be a directory (absolute, ./, ~ or more than one '/') must exist: transformers would
-    otherwise report it as a malformed hub repo id."""
+def _looks_local(name_or_path: str | Path) -> bool:
+    """Absolute, ./, ~, more than one '/', or a Path: it can only be a directory, not a hub repo id."""
     text = str(name_or_path)
-    local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or isinstance(name_or_path, Path)
-    if local and not Path(text).expanduser().is_dir():
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1 or isinstance(name_or_path, Path)
+
+
+def check_local(name_or_path: str | Path) -> None:
+    """A name that can only be a directory must exist: transformers would otherwise report it as a malformed hub
+    repo id. Offline, a hub name must be in the local cache (hub_model_problem)."""
+    text = str(name_or_path)
+    if _looks_local(name_or_path) and not Path(text).expanduser().is_dir():
         hint = " (SmolLM2: run `python launchers/prepare_smollm2.py` first)" if "smollm2" in text.lower() else ""
         raise FileNotFoundError(f"{text}: no such model directory; point model.name_or_path at a saved model or a "
                                 f"hub name{hint}")
+    problem = hub_model_problem(text)
+    if problem:
+        raise FileNotFoundError(problem)
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in OFFLINE_VARIABLES)
+
+
+def hub_model_problem(name: str) -> Optional[str]:
+    """Offline (HF_HUB_OFFLINE=1), a hub model name must already be in the local Hugging Face cache: what to do
+    if it is not, else None. Called at plan time (the config's model.name_or_path) and before loading."""
+    if not name or not hub_offline() or _looks_local(name) or Path(name).exists():
+        return None
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id: transformers will say so
+        return None
+    if isinstance(cached, str):
+        return None
+    return (f"model '{name}' is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub is "
+            f"offline ({'/'.join(OFFLINE_VARIABLES)}); download it where there is network (`hf download {name}`) "
+            f"or point model.name_or_path at a local copy")
 
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False, padding_side: str = "right"):

@@ -45,10 +45,14 @@ STAGE_MODULES = {
 # Global: experiment/runs_dir (they pick the directory), wandb.* (tracking). Per stage: these, plus a
 # module's own EXTRA_RUNTIME_KEYS. World size is runtime too: the global batch is fixed across it
 # (results may differ in float rounding; see README "Determinism").
-RUNTIME_KEYS = ("nproc_per_node", "nnodes", "log_every")
+RUNTIME_KEYS = ("nproc_per_node", "nnodes", "log_every", "dist_timeout_s")
 DONE_FILE = "_DONE.json"
 LOCK_FILE = ".lock"
 LOCK_ENV = "MARCO_LOCK_HELD"
+
+
+class StageError(RuntimeError):
+    """A stage cannot start or did not finish for a reason the message states (the command line prints it alone)."""
 
 
 @dataclass
@@ -271,7 +275,7 @@ class StageLock:
             holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip()
             os.close(self.fd)
             self.fd = None
-            raise RuntimeError(f"{self.path.parent}: another run (pid {holder or '?'}) is working in this stage "
+            raise StageError(f"{self.path.parent}: another run (pid {holder or '?'}) is working in this stage "
                                f"directory; wait for it or stop it") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
@@ -293,10 +297,10 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
     """Run one stage instance here (all ranks of a torchrun job call this). Returns its summary."""
     from .tracking import Tracker
 
-    dist.init()
+    dist.init(s.cfg.dist_timeout_s)
     for upstream in s.inputs.values():
         if not plan.stages[upstream].done:
-            raise RuntimeError(f"stage '{s.name}' needs '{upstream}' finished first: run "
+            raise StageError(f"stage '{s.name}' needs '{upstream}' finished first: run "
                                f"`launchers/pipeline.py --config {plan.config_file} --until {s.name}`")
     lock = StageLock(s.out_dir)
     if dist.is_main():
@@ -362,7 +366,7 @@ def run_subprocess(plan: Plan, s: StageInstance, force: bool = False) -> None:
         proc.wait()
         raise
     if code != 0:
-        raise RuntimeError(f"stage '{s.name}' failed under torchrun (exit code {code}); see its output above")
+        raise StageError(f"stage '{s.name}' failed under torchrun (exit code {code}); see its output above")
 
 
 def run_plan(plan: Plan, *, start: Optional[str] = None, until: Optional[str] = None, force: List[str] = (),

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..io import DataError
+from ..prompts import prompt_ids
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Engine:
     tokenizer: Any
     name: str = ""
     tokens_generated: int = 0
+    max_positions: Optional[int] = None  # prompt + generated tokens the model can hold (None: unknown)
 
     def add_request(self, request_id: Any, prompt_ids: Sequence[int], params: SamplingParams) -> None:
         raise NotImplementedError
@@ -87,3 +91,17 @@ class Engine:
             for rid, comps in self.step():
                 out[rid[1]] = comps
         return [out[i] for i in range(len(prompts))]
+
+
+def check_prompts_fit(engine: Engine, task, problems, source: str = "") -> None:
+    """Every problem's prompt must leave the model room to generate, checked before anything is generated (a
+    too-long prompt would otherwise fail mid-run, far from the problem that caused it)."""
+    limit = engine.max_positions
+    if not limit:
+        return
+    for p in problems:
+        n = len(prompt_ids(engine.tokenizer, task, p.question))
+        if n >= limit:
+            raise DataError(f"{source + ': ' if source else ''}problem '{p.id}': its prompt is {n} tokens, and the "
+                            f"model ({engine.name}) has {limit} positions; shorten or drop the problem, or use a "
+                            f"model with more positions")

@@ -105,6 +105,7 @@ class VLLMEngine(Engine):
                           enable_prefix_caching=True, logprobs_mode="raw_logprobs", disable_log_stats=False,
                           **engine_args)
         self.engine = LLMEngine.from_engine_args(args, stat_loggers=[_prefix_cache_logger(self.stats)])
+        self.max_positions = getattr(getattr(self.engine, "model_config", None), "max_model_len", None)
         self.requests: Dict[str, Any] = {}  # vLLM request id -> (our request id, stop strings)
         self.count = 0
 

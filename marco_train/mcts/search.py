@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import PurePath
 from typing import Callable, Dict, Iterable, List, Optional
 
+from ..config import at_least
 from ..engines.base import Completion, Engine, SamplingParams, derive_seed
 from ..prompts import close_tag, prompt_ids
 from .policy import ANSWER, REFLECTION, Policy
@@ -46,16 +47,16 @@ from .tree import (
 class SearchKeys:
     """The search's config keys. The mcts stage's Config inherits them (with tree.StopRules), so each default
     is written once, here."""
-    exploration: float = 1.414  # c of the UCT rule
+    exploration: float = at_least(0.0, default=1.414)  # c of the UCT rule
     reward: str = "verified"  # verified | confidence | mixed
     verified_weight: float = 0.5  # mixed reward: verified_weight * verified + (1 - verified_weight) * confidence
     reflect_on: str = "double_check"  # a wrong answer grafts a reflection on the nearest ancestor of this type
     reflect_on_wrong: bool = True
     reflect_below_confidence: float = 0.0  # >0: also reflect where a path's running confidence falls below this
-    max_reflections_per_node: int = 1
-    temperature: float = 1.0
+    max_reflections_per_node: int = at_least(0, default=1)
+    temperature: float = at_least(0.0, default=1.0, hint="0 = greedy")
     top_p: float = 1.0
-    top_k: int = 0
+    top_k: int = at_least(0, default=0, hint="0 = off")
 
 
 @dataclass

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set
 
+from ..config import at_least
 from ..data.trees import node_record, tree_record
 from ..tasks.base import Problem
 from .policy import ROOT
@@ -43,10 +44,10 @@ class Node:
 
 @dataclass
 class StopRules:
-    stop_correct: int = 8  # enough correct rollouts: stop
-    min_iterations: int = 32  # after more than this many iterations ...
-    min_correct: int = 4  # ... this many correct are enough
-    max_iterations: int = 128  # give up
+    stop_correct: int = at_least(1, default=8)  # enough correct rollouts: stop
+    min_iterations: int = at_least(0, default=32)  # after more than this many iterations ...
+    min_correct: int = at_least(0, default=4)  # ... this many correct are enough
+    max_iterations: int = at_least(1, default=128)  # give up
     count_distinct: bool = True  # count distinct correct answer nodes (False: every correct rollout, as the authors)
 
 

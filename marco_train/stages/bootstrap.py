@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import StageConfig, path_field
+from ..config import StageConfig, at_least, path_field
 from ..models import model_dir
 from ..toy import RECORD_FILE
 
@@ -32,10 +32,10 @@ class Config(StageConfig):
     checkpoint: str = path_field("marco_train/toy/checkpoint")
     train_problems: str = path_field("mcts_data/problems/toy_train.jsonl")
     heldout_problems: str = path_field("mcts_data/problems/toy_heldout.jsonl")
-    steps: int = 500  # the shipped checkpoint: 45.5% held-out accuracy (record.json)
-    batch_size: int = 32
-    learning_rate: float = 3e-3
-    warmup_steps: int = 100
+    steps: int = at_least(1, default=500)  # the shipped checkpoint: 45.5% held-out accuracy (record.json)
+    batch_size: int = at_least(1, default=32)
+    learning_rate: float = at_least(0.0, default=3e-3)
+    warmup_steps: int = at_least(1, default=100)
     error_rate: float = 0.15
     vocab_size: int = 512
     hidden_size: int = 128
@@ -43,9 +43,10 @@ class Config(StageConfig):
     num_heads: int = 4  # head size 32: the smallest vLLM's CPU attention accepts
     num_kv_heads: int = 2
     intermediate_size: int = 384
-    snapshot_every: int = 0  # >0: evaluate held-out and save snapshots/step-N every N steps (to choose `steps`)
-    eval_problems: int = 200
-    max_new_tokens: int = 256
+    # >0: evaluate held-out and save snapshots/step-N every N steps (to choose `steps`)
+    snapshot_every: int = at_least(0, default=0)
+    eval_problems: int = at_least(0, default=200, hint="0 = all")
+    max_new_tokens: int = at_least(1, default=256)
 
 
 def run(ctx) -> dict:

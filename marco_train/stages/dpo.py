@@ -27,10 +27,20 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig, path_field
+from ..config import (
+    ConfigError,
+    LoraConfig,
+    ModelConfig,
+    StageConfig,
+    TrainingConfig,
+    at_least,
+    checked,
+    hub_model_check,
+    path_field,
+)
 from ..data.schema import load_pairs
 from ..models import load_model, load_tokenizer, model_dir
-from ..tasks import get_task
+from ..tasks import check_task_or_recorded, get_task
 from ..train.loss_config import LossConfig
 
 KIND = "dpo"
@@ -45,13 +55,14 @@ EXTRA_RUNTIME_KEYS = ("prefix_sharing", "logprob_chunk_size", "reference_cache_d
 class ReferenceConfig:
     mode: str = "cached"  # cached (precomputed once, on disk) | model (a frozen copy runs every step)
     # empty = the starting checkpoint (with LoRA: the base with adapters off); a local dir's content is fingerprinted
-    name_or_path: str = path_field("")
+    name_or_path: str = path_field("", check=hub_model_check)
 
 
 @dataclass
 class Config(StageConfig):
     kind: str = KIND
-    task: str = ""  # the prompt contract's task; empty = the one recorded by the split stage (its summary.json)
+    # the prompt contract's task; empty = the one recorded by the split stage (its summary.json)
+    task: str = checked("", check_task_or_recorded)
     beta: float = 0.1  # documented choice (TRL / DPO default); the paper gives none
     epsilon: float = 0.1  # cDPO label-noise rate; 0 = plain DPO
     alpha: float = 1.0  # weight of the SFT term (the paper's default)
@@ -61,7 +72,7 @@ class Config(StageConfig):
     sft_normalisation: str = "mean"  # mean (per-token NLL of each chosen response) | sum
     truncation: str = "cut_prefix"  # over-long pairs: cut_prefix (cut shared reasoning) | drop
     prefix_sharing: Optional[bool] = None  # null: where exact (support matrix in prefix_sharing.py); true; false
-    logprob_chunk_size: int = 1024  # scored positions per LM-head chunk
+    logprob_chunk_size: int = at_least(1, default=1024)  # scored positions per LM-head chunk
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     reference_cache_dir: str = ""  # empty = <experiment dir>/_cache/reference_logps
     model: ModelConfig = field(default_factory=ModelConfig)  # empty name_or_path = the `model` input's model

@@ -13,13 +13,14 @@ from typing import Any, Dict, List
 from tqdm import tqdm
 
 from .. import dist
-from ..config import ConfigError, ModelConfig, StageConfig, path_field
+from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, path_field
 from ..engines import ENGINES, engine_from_config
+from ..engines.base import check_prompts_fit
 from ..eval.generate import sample
 from ..eval.metrics import score_samples, summarize
 from ..io import atomic_write_json, atomic_write_text
 from ..models import model_dir
-from ..tasks import get_task
+from ..tasks import check_problems_source, check_task, get_task
 
 KIND = "eval"
 CODE_VERSION = 1
@@ -31,20 +32,21 @@ EXTRA_RUNTIME_KEYS = ("variant", "engine_options")
 class Config(StageConfig):
     kind: str = KIND
     variant: str = ""  # row label in result tables (default: the evaluated model's stage name)
-    task: str = "toy"
+    task: str = checked("toy", check_task)
     # A problem file (ours, or the dataset's own format: .jsonl/.json/.parquet/.csv) or a hub dataset name
     # ("openai/gsm8k:main"); "" = the task's default dataset.
-    problems_file: str = path_field("mcts_data/problems/toy_heldout.jsonl")
+    problems_file: str = path_field("mcts_data/problems/toy_heldout.jsonl", check=check_problems_source)
     split: str = ""  # dataset split when loading by name ("" = the task's default)
-    num_problems: int = 200  # 0 = all
-    max_new_tokens: int = 256
+    num_problems: int = at_least(0, default=200, hint="0 = all")
+    max_new_tokens: int = at_least(1, default=256)
     engine: str = "hf"  # hf | vllm (marco_train/engines; vllm runs from its own venv, see the README)
     # keyword options of the engine: vllm: tensor_parallel_size, gpu_memory_utilization, max_num_seqs, ...
     engine_options: Dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 64  # rows the hf engine decodes at once (vllm schedules its own: engine_options.max_num_seqs)
-    samples_per_problem: int = 1  # >1 samples at `temperature` and reports Test@N for N in test_at
-    temperature: float = 1.0
-    test_at: List[int] = field(default_factory=lambda: [1])
+    # rows the hf engine decodes at once (vllm schedules its own: engine_options.max_num_seqs)
+    batch_size: int = at_least(1, default=64)
+    samples_per_problem: int = at_least(1, default=1)  # >1 samples at `temperature` and reports Test@N for N in test_at
+    temperature: float = at_least(0.0, default=1.0)
+    test_at: List[int] = at_least(1, default_factory=lambda: [1])
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -65,6 +67,7 @@ def run(ctx) -> dict:
     problems = task.load_problems(cfg.problems_file, cfg.split, cfg.num_problems)
     engine = engine_from_config(cfg.engine, cfg.engine_options, cfg.model, path, cfg.engine,
                                 max_batch_rows=cfg.batch_size)
+    check_prompts_fit(engine, task, problems, cfg.problems_file)
     mine = problems[dist.rank()::dist.world_size()]  # ranks split the problems; rank 0 gathers
     sampling = cfg.samples_per_problem > 1
     with tqdm(total=len(mine), desc=f"{ctx.name}: problems", disable=not dist.is_main()) as bar:

@@ -16,15 +16,16 @@ from typing import Any, Dict
 from tqdm import tqdm
 
 from .. import dist
-from ..config import ConfigError, ModelConfig, StageConfig, path_field
+from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, path_field
 from ..engines import ENGINES, engine_from_config, prefix_cache_counts
+from ..engines.base import check_prompts_fit
 from ..faults import fault_point
 from ..io import append_jsonl, atomic_write_json, read_jsonl, repair_jsonl_tail
 from ..mcts.policy import NodeTypeConfig, Policy, default_node_types
 from ..mcts.search import Searcher, SearchKeys, SearchSettings
 from ..mcts.tree import StopRules, to_record
 from ..models import model_dir
-from ..tasks import get_task
+from ..tasks import check_problems_source, check_task, get_task
 
 KIND = "mcts"
 CODE_VERSION = 1
@@ -38,10 +39,10 @@ REWARDS = ("verified", "confidence", "mixed")
 @dataclass
 class Config(StageConfig, SearchKeys, StopRules):
     kind: str = KIND
-    task: str = "toy"
-    problems_file: str = path_field("mcts_data/problems/toy_train.jsonl")
+    task: str = checked("toy", check_task)
+    problems_file: str = path_field("mcts_data/problems/toy_train.jsonl", check=check_problems_source)
     split: str = ""  # dataset split when the task loads problems by dataset name
-    num_problems: int = 0  # 0 = all
+    num_problems: int = at_least(0, default=0, hint="0 = all")
     model: ModelConfig = field(default_factory=ModelConfig)  # empty name_or_path = the `model` input
     special_model: ModelConfig = field(default_factory=ModelConfig)  # empty = node types marked special use `model`
     engine: str = "hf"
@@ -50,15 +51,16 @@ class Config(StageConfig, SearchKeys, StopRules):
     # node policy (policy.py)
     granularity: str = "tagged"  # tagged | step | mini_step
     node_types: Dict[str, NodeTypeConfig] = field(default_factory=default_node_types)
-    max_node_tokens: int = 64
+    max_node_tokens: int = at_least(1, default=64)
     max_depth: int = 16  # nodes below the root on any path
-    step_samples: int = 2  # children per expansion in the step / mini_step granularities
+    step_samples: int = at_least(1, default=2)  # children per expansion in the step / mini_step granularities
     mini_step_tokens: int = 32
     # search: the keys of SearchKeys (search.py) and StopRules (tree.py), inherited
     # throughput (runtime keys)
-    trees_in_flight: int = 256  # each tree has about one row sampling at a time: keep max_batch_rows busy
-    max_batch_rows: int = 128
-    prefix_cache_mb: int = 512
+    # each tree has about one row sampling at a time: keep max_batch_rows busy
+    trees_in_flight: int = at_least(1, default=256)
+    max_batch_rows: int = at_least(1, default=128)
+    prefix_cache_mb: int = at_least(0, default=512)
     save_token_ids: bool = True
 
 
@@ -77,11 +79,6 @@ def check_config(cfg, prefix: str, where) -> None:
         fail("verified_weight", f"must be in [0, 1] (is {cfg.verified_weight})")
     if cfg.reflect_on not in cfg.node_types:
         fail("reflect_on", f"'{cfg.reflect_on}' is not a configured node type")
-    for key in ("max_node_tokens", "step_samples", "max_iterations", "trees_in_flight", "max_batch_rows"):
-        if cfg[key] < 1:
-            fail(key, f"must be at least 1 (is {cfg[key]})")
-    if cfg.temperature < 0:
-        fail("temperature", "must be >= 0 (0 = greedy)")
     biggest = max([n for spec in cfg.node_types.values() for n in spec.children.values()] + [cfg.step_samples])
     if biggest > cfg.max_batch_rows:
         fail("max_batch_rows", f"must hold the largest sample count of one expansion ({biggest})")
@@ -112,8 +109,10 @@ def run(ctx) -> dict:
         if cfg.special_model.name_or_path:
             special = engine_from_config(cfg.engine, cfg.engine_options, cfg.special_model,
                                          cfg.special_model.name_or_path, "special", **hf_options)
-        searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, ctx.root.seed), task, engine, special)
         engines = [engine] + ([special] if special else [])
+        for e in engines:  # every rank checks every problem: all fail together, none waits for the others
+            check_prompts_fit(e, task, problems, cfg.problems_file)
+        searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, ctx.root.seed), task, engine, special)
         started = time.time()
         bar = tqdm(total=len(mine), initial=step0, desc=f"{ctx.name}: trees", disable=not dist.is_main())
 

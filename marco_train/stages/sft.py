@@ -29,10 +29,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig
+from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig, at_least, checked
 from ..data.schema import load_sft
 from ..models import load_tokenizer, model_dir
-from ..tasks import get_task
+from ..tasks import check_task_or_recorded, get_task
 
 KIND = "sft"
 CODE_VERSION = 1
@@ -48,8 +48,8 @@ class SftLoraConfig(LoraConfig):
 @dataclass
 class Config(StageConfig):
     kind: str = KIND
-    task: str = ""  # empty = the task recorded by the split stage (its summary.json)
-    max_samples: int = 0  # 0 = the whole SFT set
+    task: str = checked("", check_task_or_recorded)  # empty = the task recorded by the split stage (its summary.json)
+    max_samples: int = at_least(0, default=0, hint="0 = the whole SFT set")
     packing: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)  # empty name_or_path = the `model` input's model dir
     training: TrainingConfig = field(default_factory=TrainingConfig)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List
 
 from .. import dist
-from ..config import ConfigError, ModelConfig, StageConfig, path_field
+from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, path_field
 from ..data import split as S
 from ..data.authors_format import read_authors_tree
 from ..data.paths import extract_paths
@@ -25,7 +25,7 @@ from ..data.trees import read_trees
 from ..io import DataError, atomic_write_json
 from ..models import load_tokenizer, model_dir
 from ..prompts import prompt_ids, response_ids
-from ..tasks import get_task
+from ..tasks import check_task, get_task
 
 KIND = "split"
 CODE_VERSION = 1
@@ -36,16 +36,16 @@ FORMATS = ("auto", "ours", "authors")
 @dataclass
 class Config(StageConfig):
     kind: str = KIND
-    task: str = "toy"
+    task: str = checked("toy", check_task)
     # A tree file or directory made elsewhere; empty = <trees input>/trees (an mcts stage).
     trees_dir: str = path_field("")
     tree_format: str = "auto"  # auto (by extension: .jsonl ours, .json authors' v2) | ours | authors
     tercile_mode: str = "per_query"  # per_query (the paper) | global (ablation)
     sft_terciles: List[str] = field(default_factory=lambda: ["longest"])
-    sft_max_per_query: int = 1  # the longest N of the selected terciles per query; 0 = all of them
+    sft_max_per_query: int = at_least(0, default=1)  # the longest N of the selected terciles per query; 0 = all of them
     chosen: str = "shortest"  # shortest | longest | random correct path
     rejected: str = "shortest_prefix"  # wrong path with the shortest_prefix | longest_prefix shared | random
-    max_length: int = 0  # drop paths whose prompt + response tokens exceed this; 0 = keep all
+    max_length: int = at_least(0, default=0)  # drop paths whose prompt + response tokens exceed this; 0 = keep all
     model: ModelConfig = field(default_factory=ModelConfig)  # the tokenizer; empty = the `model` input's
 
 

@@ -6,6 +6,7 @@ The search's reward and the eval stage both use these, so "correct" means the sa
 from __future__ import annotations
 
 import importlib
+from typing import Optional
 
 from .base import Problem, Task, load_problems_file
 
@@ -23,4 +24,24 @@ def get_task(name: str) -> Task:
     return importlib.import_module(TASK_MODULES[name]).TASK
 
 
-__all__ = ["Problem", "Task", "get_task", "load_problems_file"]
+def check_task(name: str, section=None) -> Optional[str]:
+    """A config field check (config.checked): the task name must be known."""
+    return None if name in TASK_MODULES else f"unknown task '{name}' (known: {', '.join(TASK_MODULES)})"
+
+
+def check_task_or_recorded(name: str, section=None) -> Optional[str]:
+    """As check_task, but empty means the task the upstream split stage recorded."""
+    return check_task(name) if name else None
+
+
+def check_problems_source(source: str, section) -> Optional[str]:
+    """A config field check for `problems_file`, given its section's `task` (checked before it)."""
+    from .sources import source_problem
+
+    if check_task(section.task):
+        return None
+    return source_problem(get_task(section.task), source)
+
+
+__all__ = ["Problem", "Task", "check_problems_source", "check_task", "check_task_or_recorded", "get_task",
+           "load_problems_file"]

@@ -10,6 +10,8 @@ Correct = math-verify equality with the reference ("033", "\\boxed{33}" and "33.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ..io import DataError
 from .answers import reference_from_solution
 from .math500 import MathTask
@@ -36,6 +38,10 @@ class AimeTask(MathTask):
 
     def parse_row(self, row: dict, where: str):  # AIME's own reference format; answers checked as MATH's
         return get_field(row, "problem", where), parse_reference(row, where)
+
+    def check_reference(self, reference: str) -> Optional[str]:
+        text = reference.strip()
+        return None if text.isdigit() and int(text) <= 999 else "is not an integer 0..999 (AIME's answers are)"
 
 
 TASK = AimeTask()

@@ -178,6 +178,13 @@ class BlocksworldTask(DatasetTask):
                      "plan": [list(a) for a in plan]}
         return question, json.dumps(reference, sort_keys=True)
 
+    def check_reference(self, reference: str) -> Optional[str]:
+        try:
+            ref = json.loads(reference)
+        except ValueError:
+            return "is not JSON {\"init\": [...], \"goal\": [...], \"plan\": [...]} (blocksworld's reference)"
+        return None if isinstance(ref, dict) and {"init", "goal"} <= set(ref) else "lacks the 'init' and 'goal' facts"
+
     def extract_answer(self, response: str) -> Optional[str]:
         scope = plan_scope(response)
         plan = parse_actions(scope) if scope is not None else []

@@ -52,6 +52,9 @@ class GSM8KTask(DatasetTask):
         question = get_field(row, "question", where)
         return question, parse_reference(str(get_field(row, "answer", where)), where)
 
+    def check_reference(self, reference: str) -> Optional[str]:
+        return None if NUMBER_RE.fullmatch(reference.strip()) else "is not a number (GSM8K's answers are)"
+
     def extract_answer(self, response: str) -> Optional[str]:
         text = final_answer_text(response)
         return last_number(text) if text is not None else None

@@ -14,11 +14,12 @@ base.load_problems_file.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
-from ..io import DataError
+from ..io import DataError, text_lines
 from .base import PROBLEM_FIELDS, Problem, Task, load_problems_file
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -48,13 +49,44 @@ def load_rows(source: str, split: str, default: HubDataset) -> Tuple[str, Iterat
         fmt = LOCAL_FORMATS.get(path.suffix)
         if fmt is None:
             raise DataError(f"{path}: unsupported file type '{path.suffix}' (use {', '.join(LOCAL_FORMATS)})")
+        if path.suffix != ".parquet":
+            text_lines(path)  # a byte that is not UTF-8: named by file:line here, not deep inside pyarrow
         data = load_dataset(fmt, data_files=str(path), split="train")
         return str(path), iter(data)
     name, _, config = (source or default.name).partition(":")
     config = config or (default.config if not source or name == default.name else None)
     split = split or default.split
-    data = load_dataset(name, config, split=split)
+    problem = hub_dataset_problem(name)
+    if problem:
+        raise DataError(problem)
+    try:
+        data = load_dataset(name, config, split=split)
+    except ConnectionError as e:
+        raise DataError(f"dataset '{name}' could not be loaded from the hub or the local cache ({e}); check the "
+                        f"network, or download it first (`hf download --repo-type dataset {name}`)") from None
     return f"{name}{':' + config if config else ''}[{split}]", iter(data)
+
+
+def datasets_offline() -> bool:
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_dataset_problem(name: str) -> Optional[str]:
+    """Offline, a hub dataset must be in a local cache (datasets' prepared copy or the hub's download cache):
+    what to do if it is in neither, else None."""
+    if not datasets_offline():
+        return None
+    from datasets import config
+    from huggingface_hub import constants
+
+    prepared = Path(config.HF_DATASETS_CACHE) / name.replace("/", "___")
+    downloaded = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}"
+    if prepared.exists() or downloaded.exists():
+        return None
+    return (f"dataset '{name}' is not in the local cache ({config.HF_DATASETS_CACHE} or {constants.HF_HUB_CACHE}) "
+            f"and the hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); download it where there is network "
+            f"(`hf download --repo-type dataset {name}`) or point problems_file at a local file")
 
 
 def is_problem_file(source: str) -> bool:
@@ -62,7 +94,7 @@ def is_problem_file(source: str) -> bool:
     path = Path(source)
     if path.suffix != ".jsonl" or not path.is_file():
         return False
-    with open(path) as f:
+    with open(path, errors="replace") as f:  # a byte that is not UTF-8 is named by the reader, by line
         first = next((line for line in f if line.strip()), "")
     try:
         return set(json.loads(first)) == set(PROBLEM_FIELDS)
@@ -115,7 +147,7 @@ class DatasetTask(Task):
 
     def load_problems(self, source: str = "", split: str = "", limit: int = 0) -> List[Problem]:
         if source and is_problem_file(source):
-            return load_problems_file(source, limit=limit)
+            return load_problems_file(source, limit=limit, check_reference=self.check_reference)
         label, rows = load_rows(source, split, self.hub)
         problems, seen = [], set()
         for index, row in enumerate(rows):
@@ -135,3 +167,24 @@ class DatasetTask(Task):
         if not problems:
             raise DataError(f"{label}: no {self.name} problems found")
         return problems
+
+
+def source_problem(task: Task, source: str) -> Optional[str]:
+    """What is wrong with `source` as `task`'s problems_file, at plan time (before any stage directory exists):
+    a local file that does not exist, or is not UTF-8, or (our JSONL problem files, read whole: they are small)
+    a line the task cannot use; offline, a hub dataset that is not cached. None if it looks usable."""
+    if isinstance(task, DatasetTask) and not (source and is_local(source)):
+        return hub_dataset_problem((source or task.hub.name).partition(":")[0])
+    if not source:
+        return f"the {task.name} task reads a problem file: set problems_file"
+    if not Path(source).is_file():
+        return (f"problem file '{source}' not found" + (" (it is a directory)" if Path(source).is_dir() else "")
+                + " (relative paths start where you run; bundled files are in mcts_data/problems/)")
+    try:
+        if not isinstance(task, DatasetTask) or is_problem_file(source):
+            task.load_problems(source)
+        elif Path(source).suffix != ".parquet":
+            text_lines(source)
+    except DataError as e:
+        return str(e)
+    return None

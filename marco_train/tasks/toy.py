@@ -68,6 +68,9 @@ class ToyTask(Task):
         matches = ANSWER_RE.findall(scope if scope is not None else response)
         return matches[-1] if matches else None
 
+    def check_reference(self, reference: str) -> Optional[str]:
+        return None if re.fullmatch(r"\s*-?\d+\s*", reference) else "is not an integer (the toy task's answers are)"
+
     def is_correct(self, predicted: Optional[str], reference: str) -> bool:
         return predicted is not None and int(predicted) == int(reference)
 
