@@ -8,7 +8,6 @@ import pytest
 from conftest import PYTHON, pipeline, run, torchrun
 from marco_train.config import ConfigError
 from marco_train.data.trees import read_trees
-from marco_train.io import DataError
 from marco_train.pipeline import DONE_FILE, build_plan
 from marco_train.tasks import load_problems_file
 
@@ -102,15 +101,7 @@ def test_killed_mid_shard_then_rerun_loses_and_duplicates_nothing(first_run, tmp
     assert json.loads((out / "summary.json").read_text())["trees"] == 5
 
 
-def test_malformed_problem_files_fail_with_file_line_and_field_before_generation(tmp_path, monkeypatch):
-    from marco_train import engines
-    from marco_train.pipeline import run_plan
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was loaded before the problem file was checked")
-
-    monkeypatch.setattr(engines, "engine_from_config", no_model)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+def test_malformed_problem_files_fail_with_file_line_and_field_at_plan_time(tmp_path):
     good = '{"id": "a", "question": "Compute 1 + 2.", "answer": "3"}\n'
     cases = {"bad_json.jsonl": (good + '{"id": "b", "question": \n', ":2: not valid JSON"),
              "no_answer.jsonl": (good + '{"id": "b", "question": "Compute 2 + 2.", "answer": "4"}\n'
@@ -119,11 +110,10 @@ def test_malformed_problem_files_fail_with_file_line_and_field_before_generation
     for name, (text, message) in cases.items():
         path = tmp_path / name
         path.write_text(text)
-        plan = build_plan(CONFIG, [f"runs_dir={tmp_path / 'runs'}", *SMALL, f"stages.mcts.problems_file={path}"])
-        with pytest.raises(DataError) as error:
-            run_plan(plan, until="mcts")
-        assert str(error.value).startswith(f"{path}{message}")
-        assert not (plan.stages["mcts"].out_dir / "trees").exists()  # nothing searched
+        with pytest.raises(ConfigError) as error:
+            build_plan(CONFIG, [f"runs_dir={tmp_path / 'runs'}", *SMALL, f"stages.mcts.problems_file={path}"])
+        assert f"stages.mcts.problems_file: {path}{message}" in str(error.value)
+        assert not (tmp_path / "runs").exists()  # nothing started
 
 
 def test_bad_search_config_is_a_plan_time_error_naming_the_key():
