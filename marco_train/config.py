@@ -286,8 +286,13 @@ def _unknown_key(schema: type, key: str, full: str, label: str, where: str) -> C
                        f"fix the spelling or remove it")
 
 
-def _values(value) -> List[Any]:
-    return list(value) if isinstance(value, (list, ListConfig)) else [value]
+def _values(key: str, value) -> List[tuple]:
+    """(key, value) of a field, of each item of a list, or of each entry of a dict of numbers (for `at_least`)."""
+    if isinstance(value, (list, ListConfig)):
+        return [(key, v) for v in value]
+    if isinstance(value, DictConfig) and not dataclasses.is_dataclass(OmegaConf.get_type(value)):
+        return [(f"{key}.{k}", v) for k, v in value.items()]
+    return [(key, value)]
 
 
 def check_fields(schema: type, node: DictConfig, prefix: str, where: Callable[[str], str]) -> None:
@@ -297,10 +302,10 @@ def check_fields(schema: type, node: DictConfig, prefix: str, where: Callable[[s
         value = node.get(f.name)
         low = f.metadata.get("min")
         if low is not None:
-            for v in _values(value):
+            for item, v in _values(key, value):
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v < low:
                     hint = f" ({f.metadata['hint']})" if f.metadata.get("hint") else ""
-                    raise ConfigError(f"{where(key)}: {key}={v}: must be >= {low}{hint}")
+                    raise ConfigError(f"{where(item)}: {item}={v}: must be >= {low}{hint}")
         check = f.metadata.get("check")
         problem = check(value, node) if check else None
         if problem:

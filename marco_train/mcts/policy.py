@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
+from ..config import at_least
 from ..prompts import NODE_TYPES, REFLECTION_TEXT, SEGMENT_SEPARATOR, SUB_TASK_PREFILL, close_tag, open_tag
 
 ROOT, ANSWER, REFLECTION = "root", "answer", "reflection"
@@ -29,9 +30,9 @@ _OPEN_TAG_RE = re.compile(r"<(" + "|".join(NODE_TYPES) + r")>")
 
 @dataclass
 class NodeTypeConfig:
-    children: Dict[str, int] = field(default_factory=dict)  # child type -> samples; 0 drops a default child
+    children: Dict[str, int] = at_least(0, default_factory=dict)  # child type -> samples; 0 drops a default child
     prefills: List[str] = field(default_factory=list)  # one is drawn per expansion by the tree's RNG
-    max_tokens: int = 0  # 0 = the stage's max_node_tokens
+    max_tokens: int = at_least(0, default=0, hint="0 = the stage's max_node_tokens")
     special: bool = False  # generate this type with `special_model` (when one is configured)
 
 
