@@ -97,7 +97,7 @@ class TrainingConfig:
     learning_rate: float = at_least(0.0, default=1e-5)
     max_steps: int = at_least(-1, default=-1, hint="-1: epochs decide")
     epochs: float = at_least(0.0, default=1.0)
-    warmup_ratio: float = checked(0.0, lambda v, _: None if 0 <= v < 1 else "must be in [0, 1)")
+    warmup_ratio: float = checked(0.0, lambda v, _: None if 0 <= v < 1 else f"{v} is not in [0, 1)")
     weight_decay: float = at_least(0.0, default=0.0)
     max_length: int = at_least(1, default=2048)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
@@ -310,22 +310,22 @@ def check_fields(schema: type, node: DictConfig, prefix: str, where: Callable[[s
         problem = check(value, node) if check else None
         if problem:
             raise ConfigError(f"{where(key)}: {key}: {problem}")
-        if isinstance(value, DictConfig):
-            items = [(key, value)] if dataclasses.is_dataclass(OmegaConf.get_type(value)) else \
-                [(f"{key}.{k}", v) for k, v in value.items() if isinstance(v, DictConfig)]
-            for sub_key, sub in items:
-                if dataclasses.is_dataclass(OmegaConf.get_type(sub)):
+        if isinstance(value, DictConfig):  # a section, or a dict of sections (e.g. node_types)
+            nested = {key: value} if dataclasses.is_dataclass(OmegaConf.get_type(value)) else \
+                {f"{key}.{k}": v for k, v in value.items()}
+            for sub_key, sub in nested.items():
+                if isinstance(sub, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(sub)):
                     check_fields(OmegaConf.get_type(sub), sub, sub_key, where)
 
 
-def gradient_accumulation(global_batch_size: int, per_device_batch_size: int, world_size: int,
-                          where: str = "", key: str = "training.global_batch_size", world: str = "") -> int:
-    """global / (per-device batch x world size): the global batch is fixed, so it must divide."""
+def gradient_accumulation(global_batch_size: int, per_device_batch_size: int, world_size: int, world: str = "") -> int:
+    """global / (per-device batch x world size): the global batch is fixed, so it must divide. `world` says where
+    the world size comes from, for the message."""
     per_step = per_device_batch_size * world_size
     if global_batch_size % per_step:
-        raise ConfigError(f"{where + ': ' if where else ''}{key}={global_batch_size} is not a multiple of "
-                          f"per_device_batch_size ({per_device_batch_size}) x world size ({world_size}{world}); "
-                          f"use a multiple of {per_step} or change per_device_batch_size")
+        raise ConfigError(f"training.global_batch_size={global_batch_size} is not a multiple of per_device_batch_size "
+                          f"({per_device_batch_size}) x world size ({world_size}{world}); use a multiple of "
+                          f"{per_step} or change per_device_batch_size")
     return global_batch_size // per_step
 
 
@@ -335,9 +335,11 @@ def check_world_batch(cfg: DictConfig, prefix: str, where: Callable[[str], str],
     if "training" not in cfg:
         return
     world = f" = nproc_per_node {cfg.nproc_per_node} x nnodes {cfg.nnodes}" if not world_size else " in this job"
-    key = f"{prefix}.training.global_batch_size"
-    gradient_accumulation(cfg.training.global_batch_size, cfg.training.per_device_batch_size,
-                          world_size or cfg.nproc_per_node * cfg.nnodes, where(key), key, world)
+    try:
+        gradient_accumulation(cfg.training.global_batch_size, cfg.training.per_device_batch_size,
+                              world_size or cfg.nproc_per_node * cfg.nnodes, world)
+    except ConfigError as e:
+        raise ConfigError(f"{where(f'{prefix}.training.global_batch_size')}: {prefix}.{e}") from None
 
 
 def validate(schema: type, node: Any, prefix: str, source: Source, label: str = "") -> DictConfig:

@@ -63,14 +63,15 @@ def check_local(name_or_path: str | Path) -> None:
         raise FileNotFoundError(problem)
 
 
-def hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in OFFLINE_VARIABLES)
+def env_on(*names: str) -> bool:
+    """Is any of these environment variables set to 1 / on / yes / true (as huggingface_hub reads them)?"""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE") for v in names)
 
 
 def hub_model_problem(name: str) -> Optional[str]:
     """Offline (HF_HUB_OFFLINE=1), a hub model name must already be in the local Hugging Face cache: what to do
     if it is not, else None. Called at plan time (the config's model.name_or_path) and before loading."""
-    if not name or not hub_offline() or _looks_local(name) or Path(name).exists():
+    if not name or not env_on(*OFFLINE_VARIABLES) or _looks_local(name) or Path(name).exists():
         return None
     from huggingface_hub import constants, try_to_load_from_cache
 

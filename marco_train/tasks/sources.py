@@ -14,12 +14,12 @@ base.load_problems_file.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
 
 from ..io import DataError, text_lines
+from ..models import env_on
 from .base import PROBLEM_FIELDS, Problem, Task, load_problems_file
 
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -67,15 +67,10 @@ def load_rows(source: str, split: str, default: HubDataset) -> Tuple[str, Iterat
     return f"{name}{':' + config if config else ''}[{split}]", iter(data)
 
 
-def datasets_offline() -> bool:
-    return any(os.environ.get(v, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def hub_dataset_problem(name: str) -> Optional[str]:
     """Offline, a hub dataset must be in a local cache (datasets' prepared copy or the hub's download cache):
     what to do if it is in neither, else None."""
-    if not datasets_offline():
+    if not env_on("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         return None
     from datasets import config
     from huggingface_hub import constants

@@ -28,19 +28,11 @@ from transformers import TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from .. import dist
-from ..config import ConfigError, LoraConfig, ModelConfig
+from ..config import ConfigError, LoraConfig, ModelConfig, gradient_accumulation
 from ..faults import fault_point
 from ..models import load_model, model_dir, on_gpu, resolve_gradient_checkpointing
 
 COMPLETE_MARKER = "COMPLETE"
-
-
-def gradient_accumulation(global_batch_size: int, per_device_batch_size: int, world_size: int) -> int:
-    per_step = per_device_batch_size * world_size
-    if global_batch_size % per_step:
-        raise ConfigError(f"global_batch_size={global_batch_size} is not a multiple of per_device_batch_size "
-                          f"({per_device_batch_size}) x world size ({world_size}); change one of them")
-    return global_batch_size // per_step
 
 
 def resolve_precision(name: str) -> str:
@@ -71,8 +63,6 @@ def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_
         if not Path(cfg.deepspeed).exists():
             raise ConfigError(f"deepspeed: file '{cfg.deepspeed}' not found (see configs/deepspeed/)")
         _init_deepspeed()
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise ConfigError(f"training.warmup_ratio={cfg.warmup_ratio}: must be in [0, 1)")
     precision = resolve_precision(cfg.precision)
     accumulation = gradient_accumulation(cfg.global_batch_size, cfg.per_device_batch_size, dist.world_size())
     return args_class(
