@@ -12,7 +12,7 @@ import os
 import sys
 from contextlib import contextmanager
 
-from .config import ConfigError
+from .config import ConfigError, StageError
 from .io import DataError
 
 TRACEBACK_ENV = "MARCO_TRACEBACK"
@@ -44,8 +44,6 @@ def _os_error(e: OSError) -> str:
 @contextmanager
 def user_errors(show_traceback: bool = False):
     """Turn the errors a user can fix into one line on stderr and exit code 2 (see the module docstring)."""
-    from .pipeline import StageError
-
     show = show_traceback or os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
     try:
         yield

@@ -24,6 +24,10 @@ class ConfigError(ValueError):
     """A config problem; the message names the file (and line) and the key."""
 
 
+class StageError(RuntimeError):
+    """A stage cannot start or did not finish, for the reason its message states (the pipeline raises it)."""
+
+
 def at_least(low, *, default: Any = dataclasses.MISSING, hint: str = "", **kw):
     """A numeric field (or list of numbers) refused below `low` at plan time; `hint` says what values mean."""
     return field(default=default, metadata={"min": low, "hint": hint}, **kw)

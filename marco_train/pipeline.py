@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from . import dist
-from .config import ConfigError, PipelineConfig, input_path_keys, load_raw, to_yaml, validate
+from .config import ConfigError, PipelineConfig, StageError, input_path_keys, load_raw, to_yaml, validate
 from .faults import fault_point
 from .io import atomic_write_json, atomic_write_text, hash_json, hash_path
 from .stages import check_inputs
@@ -49,10 +49,6 @@ RUNTIME_KEYS = ("nproc_per_node", "nnodes", "log_every", "dist_timeout_s")
 DONE_FILE = "_DONE.json"
 LOCK_FILE = ".lock"
 LOCK_ENV = "MARCO_LOCK_HELD"
-
-
-class StageError(RuntimeError):
-    """A stage cannot start or did not finish for a reason the message states (the command line prints it alone)."""
 
 
 @dataclass

@@ -134,10 +134,12 @@ def test_offline_a_hub_model_or_dataset_not_in_the_cache_is_one_line(tmp_path):
         f"where there is network (`hf download Qwen/Qwen2.5-1.5B-Instruct`) or point model.name_or_path at a local "
         f"copy")
     data = run([PYTHON, "launchers/pipeline.py", "--config", "configs/demo.yaml", "--dry-run",
-                "stages.eval_base.task=gsm8k", "stages.eval_base.problems_file=openai/gsm8k:main"], env=env, check=False)
+                "stages.eval_base.task=gsm8k", "stages.eval_base.problems_file=openai/gsm8k:main"],
+               env=env, check=False)
+    hf = tmp_path / "hf"
     assert data.returncode == 2 and one_line(data.stderr).endswith(
-        f"stages.eval_base.problems_file: dataset 'openai/gsm8k' is not in the local cache ({tmp_path / 'hf' / 'datasets'}"
-        f" or {tmp_path / 'hf' / 'hub'}) and the hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); download it "
+        f"stages.eval_base.problems_file: dataset 'openai/gsm8k' is not in the local cache ({hf / 'datasets'} or "
+        f"{hf / 'hub'}) and the hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); download it "
         f"where there is network (`hf download --repo-type dataset openai/gsm8k`) or point problems_file at a local "
         f"file")
 
