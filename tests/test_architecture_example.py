@@ -36,4 +36,4 @@ def test_the_minimal_stage_of_the_architecture_doc_runs_and_caches(tmp_path):
 
     refused = pipeline(config, runs, "stages.answers.top=0", env=env, check=False)
     assert refused.returncode == 2  # at plan time, naming where the bad value came from
-    assert refused.stderr == "error: command-line override 'stages.answers.top=0': top must be at least 1, got 0\n"
+    assert refused.stderr == "error: command-line override 'stages.answers.top=0': stages.answers.top=0: must be >= 1\n"
