@@ -75,7 +75,8 @@ def test_changed_input_byte_reruns_from_that_stage(chain):
 def test_runtime_only_keys_rerun_nothing(chain):
     run, _, _ = chain
     run()
-    ran, _ = run("stages.b.log_every=1", "wandb.mode=offline", "wandb.project=other", "stages.c.nproc_per_node=1")
+    ran, _ = run("stages.b.log_every=1", "wandb.mode=offline", "wandb.project=other", "stages.c.nproc_per_node=1",
+                 "stages.c.dist_timeout_s=60")
     assert ran == []
 
 
