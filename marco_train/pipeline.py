@@ -272,7 +272,7 @@ class StageLock:
             os.close(self.fd)
             self.fd = None
             raise StageError(f"{self.path.parent}: another run (pid {holder or '?'}) is working in this stage "
-                               f"directory; wait for it or stop it") from None
+                             f"directory; wait for it or stop it") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)
         return self
@@ -297,7 +297,7 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
     for upstream in s.inputs.values():
         if not plan.stages[upstream].done:
             raise StageError(f"stage '{s.name}' needs '{upstream}' finished first: run "
-                               f"`launchers/pipeline.py --config {plan.config_file} --until {s.name}`")
+                             f"`launchers/pipeline.py --config {plan.config_file} --until {s.name}`")
     lock = StageLock(s.out_dir)
     if dist.is_main():
         lock.__enter__()
