@@ -72,6 +72,13 @@ def parse_response(text: str) -> List[Segment]:
 
 
 def answer_text(text: str) -> Optional[str]:
-    """The text of the last <answer> segment, or None if the response has none."""
+    """The text of the last <answer> segment (closed or not), or None if the response has none."""
     answers = [s for s in parse_response(text) if s.type == "answer"]
     return answers[-1].text if answers else None
+
+
+def closed_answer_text(text: str) -> Optional[str]:
+    """The text of the last <answer> segment if that segment is closed (`</answer>` written), else None: the
+    scope of the paper's *no answer* rule (tasks/base.py)."""
+    answers = [s for s in parse_response(text) if s.type == "answer"]
+    return answers[-1].text if answers and answers[-1].closed else None

@@ -157,6 +157,20 @@ def test_stopping_rules_with_distinct_counting_and_the_authors_counting():
     assert stop_reason(tree, rules) == "enough_correct"
 
 
+def test_identical_response_texts_count_once_for_the_stop_rule():
+    """Two terminals (e.g. under two double-checks that said the same) with one response text are one path."""
+    tree = Tree(Problem("p", "q", "3"), random.Random(0))
+    checks = [tree.add(tree.root, "double_check", "<double_check>Check: 1 + 2 = 3. Correct.</double_check>")
+              for _ in range(2)]
+    twins = [tree.add(dc, "answer", "\n<answer>The answer is: 3</answer>") for dc in checks]
+    for leaf in twins:
+        leaf.correct = True
+    rollouts(tree, twins)
+    assert tree.correct_count == 1 and tree.correct_rollouts == 2
+    assert stop_reason(tree, StopRules(stop_correct=2)) == ""
+    assert stop_reason(tree, StopRules(stop_correct=2, count_distinct=False)) == "enough_correct"
+
+
 def policy(**overrides):
     return Policy(OmegaConf.merge(OmegaConf.structured(Config), overrides))
 

@@ -72,7 +72,29 @@ def test_tree_invariants(tagged):
                 segments = parse_response(response_text(node))
                 assert segments[-1].type == "answer" and segments[-1].closed
         check_ids(searcher, tree)
-        assert tree.correct_count == sum(1 for n in tree.nodes if n.is_terminal and n.correct and n.visits)
+        correct = [response_text(n) for n in tree.nodes if n.is_terminal and n.correct and n.visits]
+        assert tree.correct_count == len(correct) == len(set(correct))  # distinct texts, one node each
+
+
+def test_identical_sibling_samples_are_one_node_with_their_count(toy_model, toy_tokenizer):
+    """Greedy sampling makes every sample of an expansion the same text: each becomes one node, samples=n."""
+    searcher = make_searcher(toy_model, toy_tokenizer, temperature=0.0)
+    trees = search(searcher, n=2)
+    for tree in trees:
+        for node in tree.nodes:
+            texts = [c.text for c in node.children]
+            assert len(texts) == len(set(texts))
+            for child in node.children:  # all samples of one request merged into its first
+                asked = dict(searcher.policy.types[node.type].children).get(child.type, 1)
+                assert child.samples == (asked if child.generated else 1)
+        assert tree.duplicates == sum(n.samples - 1 for n in tree.nodes) > 0
+        assert tree.sampled == sum(n.samples for n in tree.nodes if n.generated)
+        answers = [response_text(n) for n in tree.nodes if n.is_terminal]
+        assert len(answers) == len(set(answers))
+        record = to_record(tree, "toy", "fp")
+        assert [n["id"] for n in record["nodes"]] == list(range(len(tree.nodes)))  # no gaps after merging
+        assert [n["samples"] for n in record["nodes"]] == [n.samples for n in tree.nodes]
+        assert record["duplicate_samples"] == tree.duplicates and record["sampled_nodes"] == tree.sampled
 
 
 def test_reflection_is_grafted_on_the_nearest_double_check_above_a_wrong_answer(tagged_trees):

@@ -91,18 +91,27 @@ def test_action_phrases_both_syntaxes():
     (answer("The answer is:\n" + NL_PLAN), True),
     (answer("The answer is:\n" + PDDL_PLAN), True),
     (answer("The answer is:\n" + "\n".join(f"{i}. {line}" for i, line in enumerate(NL_PLAN.split("\n"), 1))), True),
-    # PlanBench's own plan block, no tags
-    ("Let me think.\n[PLAN]\n" + NL_PLAN + "\n[PLAN END]", True),
     # an inapplicable action: black cannot be unstacked while green is on it
     (answer("The answer is:\nunstack the black block from on top of the cyan block\n" + NL_PLAN), False),
     # every action applicable, but the goal is not reached
     (answer("The answer is:\nunstack the green block from on top of the black block\nput down the green block"), False),
-    # truncated inside the answer: the extracted plan is incomplete
-    ("<thinking>x</thinking>\n<answer>The answer is:\n" + "\n".join(NL_PLAN.split("\n")[:3]), False),
 ])
 def test_model_plans(problems, response, correct):
     predicted, ok = get_task("blocksworld").score(response, problems[0].answer)
     assert predicted is not None and ok is correct
+
+
+@pytest.mark.parametrize("response, correct", [
+    # PlanBench's own plan block, no tags
+    ("Let me think.\n[PLAN]\n" + NL_PLAN + "\n[PLAN END]", True),
+    # truncated inside the answer: the extracted plan is incomplete
+    ("<thinking>x</thinking>\n<answer>The answer is:\n" + "\n".join(NL_PLAN.split("\n")[:3]), False),
+])
+def test_untagged_and_unclosed_plans_only_count_for_the_fallback(problems, response, correct):
+    task = get_task("blocksworld")
+    assert task.score(response, problems[0].answer) == (None, False)  # no closed answer segment: no answer
+    predicted = task.extract_answer_fallback(response)
+    assert predicted is not None and task.is_correct(predicted, problems[0].answer) is correct
 
 
 def test_extracted_plan_is_canonical(problems):

@@ -10,7 +10,7 @@ from marco_train.engines.base import Completion
 from marco_train.eval.metrics import score_samples, summarize
 from marco_train.io import read_jsonl
 from marco_train.prompts import NODE_TYPES, build_prompt
-from marco_train.tasks import get_task
+from marco_train.tasks import TASK_MODULES, get_task
 
 FIXTURES = "tests/fixtures/tasks"
 DATASET_TASKS = ("gsm8k", "math500", "aime", "blocksworld", "multi_if")
@@ -40,12 +40,17 @@ def test_score_samples_no_answer_and_truncated():
     gens = [Completion(text, list(range(10 * (i + 1))), [], [], [], "length" if cut else "eos")
             for i, (_, text, cut) in enumerate(cases)]
     records = score_samples(task, [p for p, _, _ in cases], gens)
+    # the cut-off answer is no answer (its segment never closed); the fallback reads it
     assert [(r["predicted"], r["correct"], r["no_answer"], r["truncated"]) for r in records] == [
         ("28", True, False, False), ("27", False, False, False), (None, False, True, True),
-        ("1250", True, False, True), (None, False, True, False)]
-    assert summarize(records) == {"samples": 5, "accuracy": 2 / 5, "no_answer_rate": 2 / 5,
-                                  "truncation_rate": 2 / 5, "mean_response_tokens": 30.0,
-                                  "format_rate": 3 / 5}  # the two closed answers and the closed "No idea." one
+        (None, False, True, True), (None, False, True, False)]
+    assert [(r["fallback_predicted"], r["fallback_correct"]) for r in records] == [
+        ("28", True), ("27", False), (None, False), ("1250", True), (None, False)]
+    assert summarize(records) == {"samples": 5, "accuracy": 1 / 5, "no_answer_rate": 3 / 5,
+                                  "truncation_rate": 2 / 5, "no_answer_rate_finished": 1 / 3,
+                                  "mean_response_tokens": 30.0,
+                                  "format_rate": 3 / 5,  # the two closed answers and the closed "No idea." one
+                                  "fallback_accuracy": 2 / 5, "fallback_no_answer_rate": 2 / 5}
 
 
 def test_test_at_n_on_hand_made_samples():
@@ -54,6 +59,7 @@ def test_test_at_n_on_hand_made_samples():
     records = list(read_jsonl(f"{FIXTURES}/test_at_n_samples.jsonl"))
     metrics = summarize(records, test_at=[1, 8, 32])
     assert metrics == {"samples": 128, "accuracy": 5 / 128, "no_answer_rate": 32 / 128, "truncation_rate": 7 / 128,
+                       "no_answer_rate_finished": 32 / 121,  # p4's 32 samples are all finished
                        "mean_response_tokens": (121 * 10 + 7 * 64) / 128,
                        "test@1": 1 / 4, "test@8": 2 / 4, "test@32": 3 / 4}
     # Test@N counts each problem's own first N samples, not the first N records of the file
@@ -65,3 +71,33 @@ def test_test_at_n_needs_n_samples_per_problem():
     records = list(read_jsonl(f"{FIXTURES}/test_at_n_samples.jsonl"))
     with pytest.raises(ValueError, match="test@64 needs at least 64 samples per problem, but problem 'p1' has 32"):
         summarize(records, test_at=[64])
+
+
+# ---- the paper's no-answer rule, on every task alike -------------------------------------------------
+
+UNREADABLE = {"toy": "The answer is: five", "gsm8k": "The answer is: five", "math500": "The answer is:",
+              "aime": "The answer is:", "blocksworld": "The answer is: there is no plan", "multi_if": "The answer is:"}
+READABLE = {"toy": ("The answer is: 5", "5"), "gsm8k": ("The answer is: 5", "5"), "math500": ("The answer is: 5", "5"),
+            "aime": (r"The answer is: \boxed{5}", "5"),
+            "blocksworld": ("The answer is:\npick up the red block", "(pick-up red)"),
+            "multi_if": ("The answer is: five", "five")}
+
+
+@pytest.mark.parametrize("name", sorted(TASK_MODULES))
+@pytest.mark.parametrize("response", [
+    "<sub_task>Two steps.</sub_task>\n<thinking>so it is \\boxed{5}",                 # unfinished thinking, a box
+    "<sub_task>Two steps.</sub_task>\n<thinking>The answer is: 5",                    # unfinished, the phrase
+    "<thinking>so \\boxed{5}</thinking>\n<thinking>The answer is: 5</thinking>",       # closed, but no answer segment
+    "<thinking>2 + 3 = 5</thinking>\n<answer>The answer is: 5",                       # answer segment never closed
+    "The answer is: 5 \\boxed{5}",                                                     # untagged
+])
+def test_no_closed_answer_segment_is_no_answer_on_every_task(name, response):
+    assert get_task(name).extract_answer(response) is None
+
+
+@pytest.mark.parametrize("name", sorted(TASK_MODULES))
+def test_closed_answer_segment_with_an_unreadable_value_is_no_answer(name):
+    task = get_task(name)
+    assert task.extract_answer(f"<thinking>2 + 3 = 5</thinking>\n<answer>{UNREADABLE[name]}</answer>") is None
+    text, value = READABLE[name]
+    assert task.extract_answer(f"<thinking>2 + 3 = 5</thinking>\n<answer>{text}</answer>") == value

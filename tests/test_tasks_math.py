@@ -32,14 +32,21 @@ def test_boxed_contents_nested_and_unclosed():
     (tagged("The answer is: $x^2$"), "x^2"),
     # the <answer> segment wins over boxes and phrases in the reasoning
     (tagged("The answer is: 7", reasoning=r"maybe \boxed{3}; the answer is 4"), "7"),
-    # no tags at all (base model): the whole response is the scope, last box wins
-    (r"First \boxed{2}, then correcting myself \boxed{3}.", "3"),
-    ("So the answer is \\(\\frac{3}{4}\\).\nDone", r"\frac{3}{4}"),
-    # an unclosed answer segment still counts when its text is complete
-    ("<thinking>x</thinking>\n<answer>The answer is: 9", "9"),
 ])
 def test_final_answer_text(response, expected):
     assert final_answer_text(response) == expected
+
+
+@pytest.mark.parametrize("response, expected", [
+    # no tags at all (base model): the whole response is the fallback's scope, last box wins
+    (r"First \boxed{2}, then correcting myself \boxed{3}.", "3"),
+    ("So the answer is \\(\\frac{3}{4}\\).\nDone", r"\frac{3}{4}"),
+    # an unclosed answer segment counts for the fallback when its text is complete
+    ("<thinking>x</thinking>\n<answer>The answer is: 9", "9"),
+])
+def test_whole_response_fallback_reads_untagged_and_unclosed_answers(response, expected):
+    assert final_answer_text(response) is None  # no closed answer segment: no answer
+    assert get_task("math500").extract_answer_fallback(response) == expected
 
 
 @pytest.mark.parametrize("response", [

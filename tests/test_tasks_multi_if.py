@@ -36,7 +36,7 @@ NOTE = "Our grey cat Milo went missing on Sunday night near the park so please c
 
 @pytest.mark.parametrize("response, predicted, correct", [
     (reply(NOTE), NOTE, True),
-    (NOTE, NOTE, True),                                             # untagged base-model reply is its own answer
+    (NOTE, None, False),                    # untagged reply: no answer (it is its own answer only for the fallback)
     (reply(NOTE.replace("park so", "park, so")), NOTE.replace("park so", "park, so"), False),  # a comma
     (reply("Milo is lost. Thank you."), "Milo is lost. Thank you.", False),  # under 12 words
     (reply(NOTE.removesuffix(" Thank you.")), NOTE.removesuffix(" Thank you."), False),  # wrong ending
@@ -45,6 +45,12 @@ NOTE = "Our grey cat Milo went missing on Sunday night near the park so please c
 ])
 def test_note_replies(problems, response, predicted, correct):
     assert get_task("multi_if").score(response, problems[0].answer) == (predicted, correct)
+
+
+def test_untagged_reply_is_its_own_answer_for_the_fallback(problems):
+    task = get_task("multi_if")
+    assert task.extract_answer_fallback(NOTE) == NOTE and task.is_correct(NOTE, problems[0].answer)
+    assert task.extract_answer_fallback("<thinking>I should write a note</thinking>") is None
 
 
 def test_bullets_keyword_title(problems):

@@ -3,6 +3,8 @@
 import json
 import random
 
+import pytest
+
 from marco_train.prompts import REFLECTION_TEXT, build_prompt, parse_response, prompt_ids, response_ids
 from marco_train.tasks import get_task, load_problems_file
 from marco_train.tasks.toy import generate, steps_of
@@ -30,8 +32,62 @@ def test_verifier():
     assert task.score("<answer>The answer is: 14</answer>", "14") == ("14", True)
     assert task.score("<answer>The answer is: 15</answer>", "14") == ("15", False)
     assert task.score("<thinking>19 - 5 = 14</thinking>", "14") == (None, False)  # no answer
-    assert task.extract_answer("<answer>The answer is: 3</answer>\n<answer>The answer is: 4") == "4"
-    assert task.extract_answer("The answer is: 12 and more") == "12"  # without tags, anywhere in the text
+    # the final answer is the last answer segment, and only once it is closed (the paper's no-answer rule)
+    assert task.extract_answer("<answer>The answer is: 3</answer>\n<answer>The answer is: 4") is None
+    assert task.extract_answer("The answer is: 12 and more") is None
+    # the whole-response fallback (untagged models; reported apart) reads them
+    assert task.extract_answer_fallback("<answer>The answer is: 3</answer>\n<answer>The answer is: 4") == "4"
+    assert task.extract_answer_fallback("The answer is: 12 and more") == "12"
+
+
+QUESTION = "Compute 11 + 7 + 1 + 7."  # steps 11 + 7 = 18, 18 + 1 = 19, 19 + 7 = 26
+HEAD = "<sub_task>Firstly, I need to break down this task. There are 3 steps.</sub_task>\n"
+WORK = "<thinking>11 + 7 = 18</thinking>\n<thinking>18 + 1 = 19</thinking>\n<thinking>19 + 7 = 26</thinking>\n"
+ANSWER = "<answer>The answer is: 26</answer>"
+REFLECT = f"<reflection>{REFLECTION_TEXT}</reflection>\n<thinking_from_scratch>Start again.</thinking_from_scratch>\n"
+
+
+@pytest.mark.parametrize("response, reason", [
+    (HEAD + WORK + "<double_check>Check: 19 + 7 = 26. Correct.</double_check>\n" + ANSWER, ""),
+    # a mistake caught by the double-check, a reflection, then the correct work: accepted
+    (HEAD + WORK.replace("= 26", "= 27") + "<double_check>Check: 19 + 7 = 26, not 27. Wrong.</double_check>\n"
+     + REFLECT + WORK + "<double_check>Check: 19 + 7 = 26. Correct.</double_check>\n" + ANSWER, ""),
+    # the demo tree toy-t00025: a wrong step with the right answer
+    (HEAD + "<thinking>11 + 7 = 26</thinking>\n<double_check>Check: 21 + 7 = 26. Correct.</double_check>\n" + ANSWER,
+     "wrong_claim_in_check"),
+    # a wrong step, no check at all, right answer
+    (HEAD + WORK.replace("18 + 1 = 19", "18 + 1 = 20") + ANSWER, "uncaught_wrong_step"),
+    # a wrong claim inside a double-check (the work itself is right)
+    (HEAD + WORK + "<double_check>Check: 19 + 7 = 25, not 26. Wrong.</double_check>\n" + REFLECT + WORK + ANSWER,
+     "wrong_claim_in_check"),
+    # a check that approves a wrong step
+    (HEAD + WORK.replace("= 26", "= 27") + "<double_check>Check: 18 + 1 = 19. Correct.</double_check>\n" + REFLECT
+     + WORK + ANSWER, "wrong_step_called_correct"),
+    # a check that calls right work wrong
+    (HEAD + WORK + "<double_check>Check: 19 + 7 = 26, not 27. Wrong.</double_check>\n" + REFLECT + WORK + ANSWER,
+     "false_alarm_in_check"),
+    # caught, but no reflection follows the check
+    (HEAD + WORK.replace("= 26", "= 27") + "<double_check>Check: 19 + 7 = 26, not 27. Wrong.</double_check>\n"
+     + WORK + ANSWER, "caught_without_reflection"),
+    # a reflection without a check calling the mistake wrong
+    (HEAD + WORK.replace("= 26", "= 27") + REFLECT + WORK + ANSWER, "uncaught_wrong_step"),
+    # right claims that skip a step, and a step that is arithmetic but not the question's (11 + 8 = 19)
+    (HEAD + "<thinking>11 + 7 = 18</thinking>\n<thinking>19 + 7 = 26</thinking>\n" + ANSWER, "incomplete_work"),
+    (HEAD + "<thinking>11 + 8 = 19</thinking>\n<thinking>19 + 7 = 26</thinking>\n" + ANSWER, "uncaught_wrong_step"),
+    (HEAD.replace("3 steps", "2 steps") + WORK + ANSWER, "uncaught_wrong_step"),  # the step count is a claim
+    ("<thinking>11 + 7 = 18</thinking>\n<double_check>" + WORK + ANSWER, "unclosed_segment"),
+])
+def test_toy_step_checker(response, reason):
+    verdict = get_task("toy").check_steps(QUESTION, response)
+    assert (verdict.ok, verdict.reason) == (not reason, reason)
+    assert get_task("toy").score(response, "26") == ("26", True)  # every one has the right answer
+
+
+def test_toy_traces_pass_the_step_checker():
+    rng = random.Random(0)
+    for p in load_problems_file("mcts_data/problems/toy_train.jsonl", limit=300):
+        for error_rate in (0.0, 1.0):
+            assert get_task("toy").check_steps(p.question, trace(p.question, rng, error_rate)).ok
 
 
 def test_trace_format():

@@ -30,6 +30,7 @@ class Node:
     visits: int = 0
     value: float = 0.0
     confidence: Optional[float] = None
+    samples: int = 1  # sibling samples with this text merged into the node (1 in the authors' format)
 
 
 @dataclass
@@ -71,7 +72,8 @@ def parse_tree(record: dict, where: str) -> Tree:
                     answer=_check(at, raw, "answer", str, nullable=True),
                     visits=_check(at, raw, "visits", int, nullable=True) or 0,
                     value=_check(at, raw, "value", (int, float), nullable=True) or 0.0,
-                    confidence=_check(at, raw, "confidence", (int, float), nullable=True))
+                    confidence=_check(at, raw, "confidence", (int, float), nullable=True),
+                    samples=_check(at, raw, "samples", int, nullable=True) or 1)
         if node.id in nodes:
             raise DataError(f"{at}: duplicate node id {node.id}")
         nodes[node.id] = node
@@ -110,11 +112,11 @@ def read_tree_files(path: str | Path) -> Iterator[Tree]:
 
 def node_record(*, id: int, parent: Optional[int], type: str, text: str, visits: int, value: float,
                 confidence: Optional[float], is_terminal: bool, answer: Optional[str], correct: Optional[bool],
-                generated_tokens: int, token_ids: Optional[List[int]] = None) -> dict:
+                generated_tokens: int, samples: int = 1, token_ids: Optional[List[int]] = None) -> dict:
     """One node of a tree line (the search's writer)."""
     rec = {"id": id, "parent": parent, "type": type, "text": text, "visits": visits, "value": round(value, 6),
            "confidence": None if confidence is None else round(confidence, 6), "is_terminal": is_terminal,
-           "answer": answer, "correct": correct, "generated_tokens": generated_tokens}
+           "answer": answer, "correct": correct, "generated_tokens": generated_tokens, "samples": samples}
     if token_ids is not None:
         rec["token_ids"] = token_ids
     return rec

@@ -1,7 +1,11 @@
 """Evaluation metrics as pure functions of scored samples.
 
-Definitions: *no answer* = the task's extractor finds no final answer in the response; *truncated* = the
-generation hit max_new_tokens before its end-of-turn token; Test@N = share of problems solved by at least
+Definitions: *no answer* = no final answer inside the last, closed `<answer>` segment (Task.extract_answer,
+the paper's rule, alike on every task); `no_answer_rate_finished` = the same among the outputs that were not
+truncated (NaN when every output was); *truncated* = the generation hit max_new_tokens (or the model's
+context) before its end-of-turn token; `fallback_accuracy` / `fallback_no_answer_rate` = the same scoring with
+the whole-response fallback (Task.extract_answer_fallback: an unclosed or missing answer segment is looked
+for in the rest of the text), a separate metric for untagged models, never the headline; Test@N = share of problems solved by at least
 one of their first N samples (in record order), which needs at least N samples of every problem;
 *format ok* = the response follows the tagged format of the prompt contract: every segment is a closed
 `<type>...</type>` tag, there is at least one, and the last one is an `<answer>` segment.
@@ -9,6 +13,7 @@ one of their first N samples (in record order), which needs at least N samples o
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Dict, Iterable, List
 
@@ -25,10 +30,13 @@ def score_samples(task, problems, generations) -> List[dict]:
     records = []
     for problem, gen in zip(problems, generations):
         predicted, correct = task.score(gen.text, problem.answer)
+        fallback = task.extract_answer_fallback(gen.text)
         records.append({"id": problem.id, "question": problem.question, "reference": problem.answer,
                         "response": gen.text, "predicted": predicted, "correct": bool(correct),
                         "no_answer": predicted is None, "truncated": gen.truncated,
-                        "format_ok": follows_format(gen.text), "response_tokens": len(gen.token_ids)})
+                        "format_ok": follows_format(gen.text), "response_tokens": len(gen.token_ids),
+                        "fallback_predicted": fallback,
+                        "fallback_correct": bool(task.is_correct(fallback, problem.answer))})
     return records
 
 
@@ -36,15 +44,20 @@ def summarize(records: List[dict], test_at: Iterable[int] = ()) -> Dict[str, flo
     n = len(records)
     if n == 0:
         return {"samples": 0}
+    finished = [r for r in records if not r["truncated"]]
     out = {
         "samples": n,
         "accuracy": sum(r["correct"] for r in records) / n,
         "no_answer_rate": sum(r["no_answer"] for r in records) / n,
         "truncation_rate": sum(r["truncated"] for r in records) / n,
+        "no_answer_rate_finished": sum(r["no_answer"] for r in finished) / len(finished) if finished else math.nan,
         "mean_response_tokens": sum(r["response_tokens"] for r in records) / n,
     }
-    if all("format_ok" in r for r in records):
-        out["format_rate"] = sum(r["format_ok"] for r in records) / n
+    for key, name in (("format_ok", "format_rate"), ("fallback_correct", "fallback_accuracy")):
+        if all(key in r for r in records):
+            out[name] = sum(r[key] for r in records) / n
+    if all("fallback_predicted" in r for r in records):
+        out["fallback_no_answer_rate"] = sum(r["fallback_predicted"] is None for r in records) / n
     by_problem: Dict[str, List[bool]] = defaultdict(list)
     for r in records:
         by_problem[r["id"]].append(r["correct"])

@@ -9,6 +9,11 @@ trees in flight into the engines, which batch them, and resumes each tree when i
 in a tree depends on the order in which trees advance: its RNG and its request seeds derive from
 (seed, problem id, node id), so a tree is the same whatever else is in flight (up to float rounding).
 
+Distinct text: a sample whose text a filled sibling already has is merged into that sibling (`place`: the
+sibling's `samples` counts it, the tree's `duplicates` too) instead of becoming a second node, so every
+path's response text is unique in its tree and the stop rules count distinct correct texts. Merging (not
+re-sampling) keeps the cost of a tree what the plan says and records how peaked the model is.
+
 Node text is canonical; each engine keeps the token ids of every node for its own tokenizer (generated ids
 as sampled, text of the other model's nodes tokenised once), so the context of an expansion is the prompt
 ids + the path's node ids + the new segment's start, and the engine's prefix cache finds it stored.
@@ -165,6 +170,7 @@ class Searcher:
             node = tree.root
             while True:
                 yield from self.ready(tree, [node])
+                node = node.merged_into or node  # a duplicate sample: walk on in the sibling that has its text
                 if node.is_terminal:
                     break
                 if not node.expanded:
@@ -211,7 +217,7 @@ class Searcher:
             if p.closes_itself(child_type, prefill):
                 text = p.self_closed_text(start)
                 ids = start_ids if text == start else encode_cached(engine, text, self.encoded)
-                self.settle(tree, self.fill(tree, tree.add(node, child_type, ""), child_type, text, ids, engine))
+                self.place(tree, self.fill(tree, tree.add(node, child_type, ""), child_type, text, ids, engine))
                 continue
             seed = derive_seed(s.seed, tree.problem.id, node.id, len(node.children), k)
             params = SamplingParams(n=n, max_tokens=p.max_tokens(child_type), stop=p.stops(child_type), seed=seed,
@@ -239,7 +245,7 @@ class Searcher:
                 filled.append(self.fill(tree, node, child_type, start, start_ids, job.engine, comp))
         yield from self.finish_open_answers(tree, filled)
         for node in filled:
-            self.settle(tree, node)
+            self.place(tree, node)
 
     def fill(self, tree: Tree, node: Node, child_type: str, start: str, start_ids: List[int], engine: Engine,
              comp: Optional[Completion] = None) -> Node:
@@ -253,7 +259,7 @@ class Searcher:
         node.text, node.token_ids = text, {token_key(engine): ids}
         node.type = self.policy.node_type(child_type, text)
         tree.tokens_generated += node.generated
-        tree.reflections += node.type == REFLECTION
+        tree.sampled += comp is not None
         return node
 
     def finish_open_answers(self, tree: Tree, children: List[Node]):
@@ -282,8 +288,18 @@ class Searcher:
             c.type = self.policy.node_type(self.policy.granularity, c.text)
             tree.tokens_generated += len(comp.token_ids)
 
+    def place(self, tree: Tree, node: Node) -> None:
+        """Merge a filled node into a settled sibling with the same text, or settle it as a node of its own."""
+        twin = next((c for c in node.parent.children if c.settled and c.text == node.text), None)
+        if twin is not None:
+            tree.merge(node, twin)
+            return
+        tree.reflections += node.type == REFLECTION
+        self.settle(tree, node)
+
     def settle(self, tree: Tree, node: Node) -> None:
         """Terminal or not; a terminal is scored by the task against the ground truth once."""
+        node.settled = True
         node.is_terminal = (node.finish_reason == "eos" or node.type == ANSWER or self.policy.answer_closed(node.text)
                             or not self.policy.expansions(node.type, node.depth))
         if node.is_terminal:

@@ -36,6 +36,9 @@ class Node:
     expanded: bool = False
     finish_reason: str = ""
     pending: object = None  # the generation job that will fill this node's text (search.py), None once filled
+    samples: int = 1  # sibling samples with exactly this text, merged into this node (search.py, `place`)
+    settled: bool = False  # filled and placed: terminal-or-not decided, or merged
+    merged_into: Optional["Node"] = None  # the sibling with the same text this sample was merged into
 
     @property
     def confidence(self) -> Optional[float]:
@@ -48,7 +51,7 @@ class StopRules:
     min_iterations: int = at_least(0, default=32)  # after more than this many iterations ...
     min_correct: int = at_least(0, default=4)  # ... this many correct are enough
     max_iterations: int = at_least(1, default=128)  # give up
-    count_distinct: bool = True  # count distinct correct answer nodes (False: every correct rollout, as the authors)
+    count_distinct: bool = True  # count distinct correct response texts (False: every correct rollout, as the authors)
 
 
 @dataclass(eq=False)
@@ -58,10 +61,13 @@ class Tree:
     nodes: List[Node] = field(default_factory=list)
     iterations: int = 0
     correct_rollouts: int = 0
-    correct_ids: Set[int] = field(default_factory=set)
+    correct_texts: Set[str] = field(default_factory=set)  # distinct response texts scored correct
     reflections: int = 0
     tokens_generated: int = 0
+    sampled: int = 0  # nodes filled from a generated sample (before merging)
+    duplicates: int = 0  # of those, samples whose text a filled sibling already had (merged into it)
     stop_reason: str = ""
+    next_id: int = 1  # node ids are never reused: a merged sample's id stays taken (request seeds derive from ids)
 
     def __post_init__(self):
         if not self.nodes:
@@ -72,14 +78,23 @@ class Tree:
         return self.nodes[0]
 
     def add(self, parent: Node, type: str, text: str, **kw) -> Node:
-        node = Node(len(self.nodes), parent, type, text, parent.depth + 1, **kw)
+        node = Node(self.next_id, parent, type, text, parent.depth + 1, **kw)
+        self.next_id += 1
         self.nodes.append(node)
         parent.children.append(node)
         return node
 
+    def merge(self, node: Node, twin: Node) -> None:
+        """Drop sample `node` from the tree: its text is its sibling `twin`'s, which counts it as a sample."""
+        node.merged_into, node.settled = twin, True
+        twin.samples += node.samples
+        node.parent.children.remove(node)
+        self.nodes.remove(node)
+        self.duplicates += 1
+
     @property
     def correct_count(self) -> int:
-        return len(self.correct_ids)
+        return len(self.correct_texts)
 
     def depth(self) -> int:
         return max(n.depth for n in self.nodes)
@@ -152,7 +167,7 @@ def record_rollout(tree: Tree, terminal: Node) -> None:
     tree.iterations += 1
     if terminal.correct:
         tree.correct_rollouts += 1
-        tree.correct_ids.add(terminal.id)
+        tree.correct_texts.add(response_text(terminal))
 
 
 def stop_reason(tree: Tree, rules: StopRules) -> str:
@@ -168,13 +183,16 @@ def stop_reason(tree: Tree, rules: StopRules) -> str:
 
 
 def to_record(tree: Tree, task: str, fingerprint: str, token_ids: bool = True) -> dict:
-    """One JSONL line of the tree-record format (data/trees.py, mcts_data/README.md)."""
-    nodes = [node_record(id=n.id, parent=n.parent.id if n.parent else None, type=n.type, text=n.text,
+    """One JSONL line of the tree-record format (data/trees.py, mcts_data/README.md). Node ids are written as
+    the index in the node table (merged samples leave no gap)."""
+    index = {n.id: i for i, n in enumerate(tree.nodes)}
+    nodes = [node_record(id=index[n.id], parent=index[n.parent.id] if n.parent else None, type=n.type, text=n.text,
                          visits=n.visits, value=n.value, confidence=n.confidence, is_terminal=n.is_terminal,
-                         answer=n.answer, correct=n.correct, generated_tokens=n.generated,
+                         answer=n.answer, correct=n.correct, generated_tokens=n.generated, samples=n.samples,
                          token_ids=n.token_ids if token_ids else None) for n in tree.nodes]
     return tree_record(problem_id=tree.problem.id, question=tree.problem.question, answer=tree.problem.answer,
                        task=task, fingerprint=fingerprint, iterations=tree.iterations,
                        correct_terminals=tree.correct_count, correct_rollouts=tree.correct_rollouts,
                        reflections=tree.reflections, tokens_generated=tree.tokens_generated,
+                       sampled_nodes=tree.sampled, duplicate_samples=tree.duplicates,
                        stop_reason=tree.stop_reason, nodes=nodes)

@@ -4,7 +4,7 @@ Reference (the dataset's own format, e.g. HuggingFaceH4/aime_2024: id, problem, 
 year; capitalised field names such as 'Problem'/'Answer' are accepted): the `answer` field, else the last
 `\\boxed{}` of `solution`; it must be an integer 0..999 and is stored without leading zeros.
 
-Model answer: answers.final_answer_text (as in math500). *No answer* = no final answer text.
+Model answer: as in math500. *No answer* = no final answer text in a closed <answer> segment.
 Correct = math-verify equality with the reference ("033", "\\boxed{33}" and "33.0" all match 33).
 """
 

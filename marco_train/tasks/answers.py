@@ -7,8 +7,10 @@ Two kinds of text are read here, and they are kept apart on purpose:
   in an `<answer>` segment holding "The answer is: ..." and/or `\\boxed{...}`.
 
 `final_answer_text(response)` is defined exactly as:
-1. scope = the text of the last `<answer>` segment (closed or not) if the response has one, otherwise the
-   whole response (an untrained base model writes no tags);
+1. scope = the text of the last `<answer>` segment if that segment is closed; without one there is *no
+   answer* (the paper's rule, tasks/base.py). The lenient variant for untagged models (Task.
+   extract_answer_fallback, reported apart) reads the last `<answer>` segment closed or not, else the whole
+   response;
 2. if the scope holds a complete `\\boxed{...}` (braces balanced; `\\fbox` too), the answer is the content
    of the last one;
 3. otherwise, if the scope holds "the answer is" (any case, optional ":"), the answer is the rest of that
@@ -27,7 +29,7 @@ import threading
 from functools import lru_cache
 from typing import List, Optional
 
-from ..prompts import answer_text
+from ..prompts import closed_answer_text
 
 BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 ANSWER_PHRASE_RE = re.compile(r"the answer is\s*:?", re.I)
@@ -63,15 +65,8 @@ def strip_math_delimiters(text: str) -> str:
     return text
 
 
-def answer_scope(response: str) -> str:
-    """The last <answer> segment's text, or the whole response when it has none (rule 1 above)."""
-    scope = answer_text(response)
-    return scope if scope is not None else response
-
-
-def final_answer_text(response: str) -> Optional[str]:
-    """The model's final answer as text, or None (= no answer); rules in the module docstring."""
-    scope = answer_scope(response)
+def answer_value_text(scope: str) -> Optional[str]:
+    """The final answer as text inside an answer scope (rules 2-4 of the module docstring), or None."""
     boxed = last_boxed(scope)
     if boxed:
         return boxed
@@ -84,6 +79,12 @@ def final_answer_text(response: str) -> Optional[str]:
         return None
     line = strip_math_delimiters(strip_math_delimiters(line).rstrip(".").strip())
     return line or None
+
+
+def final_answer_text(response: str) -> Optional[str]:
+    """The model's final answer as text from the last closed <answer> segment, or None (= no answer)."""
+    scope = closed_answer_text(response)
+    return answer_value_text(scope) if scope is not None else None
 
 
 def reference_from_solution(solution: str) -> Optional[str]:

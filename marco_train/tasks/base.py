@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..io import DataError, iter_jsonl
+from ..prompts import answer_text, closed_answer_text
 
 PROBLEM_FIELDS = ("id", "question", "answer")
 
@@ -41,9 +42,34 @@ def load_problems_file(path: str | Path, limit: int = 0,
     return problems[:limit] if limit else problems
 
 
+@dataclass(frozen=True)
+class StepVerdict:
+    """A step checker's verdict on one response: ok, or the first rule it breaks (a short snake_case reason
+    the split counts, e.g. "uncaught_wrong_step")."""
+    ok: bool
+    reason: str = ""
+
+
 class Task:
+    """How a task's problems are read, its answers extracted and verified, and (optionally) its steps checked.
+
+    *No answer* (the paper's metric, the same on every task): the final answer is read only from the last
+    `<answer>` segment, and only if that segment is closed; a response without one, or whose closed answer
+    holds no value the task can read (`answer_in` gives None), has no answer. `extract_answer_fallback` reads
+    the whole response when it has no answer segment (the old, lenient rule for untagged models); the eval
+    reports it as a separate, labelled metric.
+
+    *Step checker* (`check_steps`): judges the process of a response, not its outcome. The default has none
+    (returns None, `has_step_checker` is False); a task with known intermediate results overrides it (toy:
+    every arithmetic claim; gsm8k: arithmetic and, on our templated word problems, the intermediate
+    quantities). A model-based checker (an LLM judge, a process reward model) plugs in the same way: a Task
+    subclass whose `check_steps` calls it and maps its score to a StepVerdict, registered in
+    tasks/__init__.py; the split stage then filters with it (docs: mcts_data/README.md, "Process check").
+    """
+
     name = "base"
     system_prompt = ""
+    max_new_tokens = 1024  # the eval's default generation budget for this task (eval stage, max_new_tokens: 0)
 
     def user_message(self, question: str) -> str:
         return question
@@ -57,9 +83,24 @@ class Task:
         """What makes `reference` unusable as this task's (already parsed) reference answer, or None."""
         return None if reference.strip() else "is empty"
 
-    def extract_answer(self, response: str) -> Optional[str]:
-        """The model's final answer, or None (= no answer)."""
+    def answer_in(self, scope: str) -> Optional[str]:
+        """The model's final answer in the text of an answer segment, or None (nothing this task can read)."""
         raise NotImplementedError
+
+    def extract_answer(self, response: str) -> Optional[str]:
+        """The model's final answer from the last, closed <answer> segment, or None (= no answer)."""
+        scope = closed_answer_text(response)
+        return self.answer_in(scope) if scope is not None else None
+
+    def fallback_scope(self, response: str) -> Optional[str]:
+        """Where the lenient rule looks: the last <answer> segment, closed or not, else the whole response."""
+        scope = answer_text(response)
+        return scope if scope is not None else response
+
+    def extract_answer_fallback(self, response: str) -> Optional[str]:
+        """The whole-response fallback (for untagged models; reported apart from the no-answer metric)."""
+        scope = self.fallback_scope(response)
+        return self.answer_in(scope) if scope is not None else None
 
     def is_correct(self, predicted: Optional[str], reference: str) -> bool:
         return predicted is not None and predicted.strip() == reference.strip()
@@ -67,3 +108,11 @@ class Task:
     def score(self, response: str, reference: str) -> tuple[Optional[str], bool]:
         predicted = self.extract_answer(response)
         return predicted, self.is_correct(predicted, reference)
+
+    @property
+    def has_step_checker(self) -> bool:
+        return type(self).check_steps is not Task.check_steps
+
+    def check_steps(self, question: str, response: str) -> Optional[StepVerdict]:
+        """The process verdict on `response` to `question`; None = this task has no step checker."""
+        return None

@@ -13,9 +13,10 @@ Actions, in natural language or PDDL: "pick up the red block" / (pick-up red), "
 (put-down red), "stack the red block on top of the blue block" / (stack red blue), "unstack the red block
 from on top of the blue block" / (unstack red blue). Semantics: PlanBench's 4-operator STRIPS domain.
 
-Model answer: the plan is every action phrase, in order, found in the plan scope: the last <answer>
-segment; without one, the text after the last "[PLAN]" (up to "[PLAN END]"); without that, the text after
-the last "The answer is". *No answer* = no such scope, or no action phrase in it. The extracted plan is
+Model answer: the plan is every action phrase, in order, found in the last closed <answer> segment. *No
+answer* = no closed answer segment, or no action phrase in it. The whole-response fallback (untagged models,
+reported apart) reads the last <answer> segment closed or not; without one, the text after the last "[PLAN]"
+(up to "[PLAN END]"); without that, the text after the last "The answer is". The extracted plan is
 returned canonically, one PDDL action per line. Correct = every action applicable in turn from the initial
 state and every goal fact true at the end.
 
@@ -135,7 +136,7 @@ def solves(init: List[Fact], goal: List[Fact], plan: List[Action]) -> bool:
     return final is not None and all(tuple(g) in final for g in goal)
 
 
-def plan_scope(response: str) -> Optional[str]:
+def fallback_plan_scope(response: str) -> Optional[str]:
     scope = answer_text(response)
     if scope is not None:
         return scope
@@ -185,10 +186,12 @@ class BlocksworldTask(DatasetTask):
             return "is not JSON {\"init\": [...], \"goal\": [...], \"plan\": [...]} (blocksworld's reference)"
         return None if isinstance(ref, dict) and {"init", "goal"} <= set(ref) else "lacks the 'init' and 'goal' facts"
 
-    def extract_answer(self, response: str) -> Optional[str]:
-        scope = plan_scope(response)
-        plan = parse_actions(scope) if scope is not None else []
+    def answer_in(self, scope: str) -> Optional[str]:
+        plan = parse_actions(scope)
         return format_plan(plan) if plan else None
+
+    def fallback_scope(self, response: str) -> Optional[str]:
+        return fallback_plan_scope(response)
 
     def is_correct(self, predicted: Optional[str], reference: str) -> bool:
         if predicted is None:

@@ -3,24 +3,37 @@
 Reference (the dataset's own format): the `answer` field is a worked solution ending in "#### <number>";
 the reference is that number with thousands commas and "$" removed (a row without "####" is a data error).
 
-Model answer: the final answer text of the prompt contract (answers.final_answer_text: last `\\boxed{}` of
-the <answer> segment, else its "The answer is:" line), then the LAST number in it ("$1,234.50" -> 1234.50;
-"5 + 3 = 8" -> 8). *No answer* = no final answer text, or final answer text without any number.
-Correct = numerically equal (Decimal), so "18.00" matches "18".
+Model answer: the final answer text of the prompt contract (answers.answer_value_text of the last closed
+<answer> segment: its last `\\boxed{}`, else its "The answer is:" line), then the LAST number in it
+("$1,234.50" -> 1234.50; "5 + 3 = 8" -> 8). *No answer* = no closed answer segment, no final answer text in
+it, or final answer text without any number. Correct = numerically equal (Decimal), so "18.00" matches "18".
+
+Step checker (`check_steps`, the rules of tasks/steps.py): a claim is an equation `x op y [op z ...] = v`
+(op one of + - * x × / ÷, usual precedence), true when the arithmetic holds. On our templated word
+problems (tasks/word_problems.py, e.g. mcts_data/problems/word_*.jsonl) the work after the last
+reflection is complete when every intermediate quantity of the question's template appears in it as a
+number; on any other question (GSM8K itself) only the arithmetic and the catch-and-reflect rules apply.
 """
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Optional
+from fractions import Fraction
+from typing import List, Optional
 
 from ..io import DataError
-from .answers import final_answer_text
+from .answers import answer_value_text
+from .base import StepVerdict
 from .sources import DatasetTask, HubDataset, get_field, reasoning_system_prompt
+from .steps import check_process
+from .word_problems import intermediates
 
 NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 REFERENCE_MARK = "####"
+_NUM = r"\d+(?:,\d{3})*(?:\.\d+)?"
+EQUATION_RE = re.compile(rf"(?<![\d.])(\$?{_NUM}(?:\s*[-+*/×x÷]\s*\$?{_NUM})+)\s*=\s*\$?(-?{_NUM})")
+OPERATOR_RE = re.compile(r"\s*([-+*/×x÷])\s*")
 
 
 def clean_number_text(text: str) -> str:
@@ -42,6 +55,36 @@ def parse_reference(answer: str, where: str) -> str:
     return final
 
 
+def evaluate(expression: str) -> Optional[Fraction]:
+    """`3 + 4 x 2` -> 11 (* / before + -), exactly; None on a division by zero."""
+    parts = OPERATOR_RE.split(expression.replace("$", "").replace(",", ""))
+    terms, ops = [Fraction(parts[0])], []
+    for op, number in zip(parts[1::2], parts[2::2]):
+        value = Fraction(number)
+        if op in "*×x/÷":
+            if op in "/÷" and value == 0:
+                return None
+            terms[-1] = terms[-1] * value if op in "*×x" else terms[-1] / value
+        else:
+            terms.append(value)
+            ops.append(op)
+    total = terms[0]
+    for op, value in zip(ops, terms[1:]):
+        total = total + value if op == "+" else total - value
+    return total
+
+
+def claims(segment) -> List[tuple]:
+    """(expression, value) per equation; ("mentions", value) per number (the work's quantities)."""
+    out = [(expr, Fraction(value.replace(",", ""))) for expr, value in EQUATION_RE.findall(segment.text)]
+    numbers = NUMBER_RE.findall(clean_number_text(segment.text))
+    return out + [("mentions", Fraction(n.replace(",", ""))) for n in numbers]
+
+
+def claim_is_true(claim: tuple) -> bool:
+    return claim[0] == "mentions" or evaluate(claim[0]) == claim[1]
+
+
 class GSM8KTask(DatasetTask):
     name = "gsm8k"
     hub = HubDataset("openai/gsm8k", "main", "test")
@@ -55,8 +98,8 @@ class GSM8KTask(DatasetTask):
     def check_reference(self, reference: str) -> Optional[str]:
         return None if NUMBER_RE.fullmatch(reference.strip()) else "is not a number (GSM8K's answers are)"
 
-    def extract_answer(self, response: str) -> Optional[str]:
-        text = final_answer_text(response)
+    def answer_in(self, scope: str) -> Optional[str]:
+        text = answer_value_text(scope)
         return last_number(text) if text is not None else None
 
     def is_correct(self, predicted: Optional[str], reference: str) -> bool:
@@ -66,6 +109,11 @@ class GSM8KTask(DatasetTask):
             return Decimal(predicted.replace(",", "")) == Decimal(reference.replace(",", ""))
         except InvalidOperation:
             return False
+
+    def check_steps(self, question: str, response: str) -> StepVerdict:
+        needed = intermediates(question) or []
+        return check_process(response, claims, claim_is_true,
+                             lambda work: all(Fraction(q) in {c[1] for c in work} for q in needed))
 
 
 TASK = GSM8KTask()

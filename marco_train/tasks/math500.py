@@ -4,8 +4,9 @@ Reference (the dataset's own format): MATH-500's `answer` field when present (co
 answer, subject, level, unique_id); otherwise (the original MATH release: problem, solution, level, type)
 the last `\\boxed{...}` of `solution`, nested braces included. A row with neither is a data error.
 
-Model answer: answers.final_answer_text (last `\\boxed{}` of the <answer> segment, else its
-"The answer is:" line). *No answer* = neither is present, the box never closes, or the text is empty.
+Model answer: answers.answer_value_text of the last closed <answer> segment (its last `\\boxed{}`, else
+its "The answer is:" line). *No answer* = no closed answer segment, neither is present in it, the box never
+closes, or the text is empty.
 Correct = Hugging Face math-verify says the two are equal (fractions, \\dfrac, spacing, units, sets, ...).
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..io import DataError
-from .answers import final_answer_text, math_equal, reference_from_solution
+from .answers import answer_value_text, math_equal, reference_from_solution
 from .sources import DatasetTask, HubDataset, get_field, reasoning_system_prompt
 
 
@@ -40,8 +41,8 @@ class MathTask(DatasetTask):
     def parse_row(self, row: dict, where: str):
         return get_field(row, "problem", where), parse_reference(row, where)
 
-    def extract_answer(self, response: str) -> Optional[str]:
-        return final_answer_text(response)
+    def answer_in(self, scope: str) -> Optional[str]:
+        return answer_value_text(scope)
 
     def is_correct(self, predicted: Optional[str], reference: str) -> bool:
         return math_equal(predicted, reference)

@@ -9,9 +9,9 @@ string {"role": "user", "content": ...}), turn_k_instruction_id_list (JSON list 
 (JSON list of JSON strings, one per id). The reference is JSON {"instruction_id_list", "kwargs"} (null
 kwargs dropped).
 
-Model answer: the text of the last <answer> segment, without a leading "The answer is:"; a response with no
-tags at all (a base model) is its own answer. *No answer* = tagged reasoning without an <answer> segment,
-or an empty answer. Correct = every instruction is followed (Multi-IF / IFEval "strict" accuracy).
+Model answer: the text of the last closed <answer> segment, without a leading "The answer is:". *No answer*
+= no closed answer segment, or an empty answer. The whole-response fallback (untagged models, reported
+apart): the last <answer> segment closed or not; a response with no tags at all is its own answer. Correct = every instruction is followed (Multi-IF / IFEval "strict" accuracy).
 
 We write these checkers ourselves (simplified from IFEval's rules: word = \\w+ run, sentence = text ending
 in .!? or their CJK forms) rather than depend on an evaluation harness for a stretch goal.
@@ -166,12 +166,12 @@ class MultiIFTask(DatasetTask):
             raise DataError(f"{label}: no multi_if problems with supported instructions")
         return problems
 
-    def extract_answer(self, response: str) -> Optional[str]:
+    def answer_in(self, scope: str) -> Optional[str]:
+        return ANSWER_PREFIX_RE.sub("", scope).strip() or None
+
+    def fallback_scope(self, response: str) -> Optional[str]:
         text = answer_text(response)
-        if text is None:
-            text = None if parse_response(response) else response
-        text = ANSWER_PREFIX_RE.sub("", text).strip() if text is not None else ""
-        return text or None
+        return text if text is not None else (None if parse_response(response) else response)
 
     def is_correct(self, predicted: Optional[str], reference: str) -> bool:
         if predicted is None:

@@ -2,7 +2,18 @@
 
 Problems are generated deterministically (`generate`), split train/held-out by a hash of the question
 (so no question is in both), and bundled as JSONL under mcts_data/problems/. The verifier reads
-`The answer is: N`; a response without it has *no answer*.
+`The answer is: N` in the last closed <answer> segment; a response without it has *no answer*.
+
+Step checker (`check_steps`, the rules of tasks/steps.py): a claim is an equation `a op b = c` in a
+segment, true when it is one of the question's steps with its right result (so `11 + 8 = 19` is false in
+"Compute 11 + 7 + 1 + 7." although the arithmetic holds), and the sub-task's "There are N steps", true when
+N is the number of steps. The work after the last reflection is complete when its equations are exactly
+the question's steps, in order.
+
+Generation budget (`max_new_tokens`, the eval's default): the toy model has 512 positions and its prompts
+take at most 32 tokens, so 480 lets every output run to its end-of-turn or to the model's context; the
+longest trace it was trained on (3 steps, a caught mistake and the corrected work) is far shorter, so an
+output cut at 480 is a loop, counted as truncated.
 """
 
 from __future__ import annotations
@@ -12,9 +23,12 @@ import random
 import re
 from typing import List, Optional
 
-from .base import Problem, Task
+from .base import Problem, StepVerdict, Task
+from .steps import check_process
 
 ANSWER_RE = re.compile(r"The answer is:\s*(-?\d+)")
+CLAIM_RE = re.compile(r"(-?\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)")
+STEP_COUNT_RE = re.compile(r"There (?:are|is) (\d+) steps?")
 MAX_OPERAND = 20
 MAX_VALUE = 99
 
@@ -57,19 +71,35 @@ def generate(seed: int, count: int, heldout: bool) -> List[Problem]:
     return problems
 
 
+def claims(segment) -> List[tuple]:
+    """(a, op, b, c) for every equation of a segment; ("steps", N) for a sub-task's step count."""
+    out = [(int(a), op, int(b), int(c)) for a, op, b, c in CLAIM_RE.findall(segment.text)]
+    if segment.type == "sub_task":
+        out += [("steps", int(n)) for n in STEP_COUNT_RE.findall(segment.text)]
+    return out
+
+
+def check_toy_steps(question: str, response: str) -> StepVerdict:
+    steps = steps_of(question)
+    true = set(steps) | {("steps", len(steps))}
+    return check_process(response, claims, lambda c: c in true,
+                         lambda work: [c for c in work if c[0] != "steps"] == steps)
+
+
 class ToyTask(Task):
     name = "toy"
     system_prompt = ""
+    max_new_tokens = 480  # the toy model's 512 positions minus its longest prompt (module docstring)
 
-    def extract_answer(self, response: str) -> Optional[str]:
-        from ..prompts import answer_text
-
-        scope = answer_text(response)
-        matches = ANSWER_RE.findall(scope if scope is not None else response)
+    def answer_in(self, scope: str) -> Optional[str]:
+        matches = ANSWER_RE.findall(scope)
         return matches[-1] if matches else None
 
     def check_reference(self, reference: str) -> Optional[str]:
         return None if re.fullmatch(r"\s*-?\d+\s*", reference) else "is not an integer (the toy task's answers are)"
+
+    def check_steps(self, question: str, response: str) -> StepVerdict:
+        return check_toy_steps(question, response)
 
     def is_correct(self, predicted: Optional[str], reference: str) -> bool:
         return predicted is not None and int(predicted) == int(reference)

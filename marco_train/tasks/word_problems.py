@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import string
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from .base import Problem
 
@@ -18,26 +20,61 @@ NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hana", "Ivan
 ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "books", "stamps", "shells"]
 
 
+# kind -> (question template, its quantities from the numbers in the question: every intermediate result in
+# order, the last one the answer). The step checker of the gsm8k task reads them back (`intermediates`).
+TEMPLATES = {
+    0: ("{name} has {a} {item}. {name} buys {b} more. How many {item} does {name} have now?",
+        lambda q: [q["a"] + q["b"]]),
+    1: ("{name} had {a} {item} and gave {b} of them to {friend}. How many {item} does {name} have left?",
+        lambda q: [q["a"] - q["b"]]),
+    2: ("{name} buys {b} packs of {item} with {c} {item} in each pack. How many {item} does {name} buy?",
+        lambda q: [q["b"] * q["c"]]),
+    3: ("A box holds {c} {item}. How many boxes are needed for exactly {n} {item}?", lambda q: [q["n"] // q["c"]]),
+    4: ("{name} has {a} {item}, buys {b} more, then gives {c} to {friend}. How many {item} does {name} have now?",
+        lambda q: [q["a"] + q["b"], q["a"] + q["b"] - q["c"]]),
+    5: ("{name} earns {b} dollars per hour and works {c} hours. Then {name} spends {c} dollars on lunch. "
+        "How many dollars does {name} have left?", lambda q: [q["b"] * q["c"], q["b"] * q["c"] - q["c"]]),
+}
+NUMBER_FIELDS = ("a", "b", "c", "n")
+
+
+def _pattern(template: str) -> re.Pattern:
+    """A template as a regex: numbers as groups, words as groups, a field's later uses as back-references."""
+    out, seen = "", set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        out += re.escape(literal)
+        if name:
+            group = r"\d+" if name in NUMBER_FIELDS else r"\w+"
+            out += f"(?P={name})" if name in seen else f"(?P<{name}>{group})"
+            seen.add(name)
+    return re.compile(out + "$")
+
+
+PATTERNS = {kind: _pattern(template) for kind, (template, _) in TEMPLATES.items()}
+
+
 def _one(rng: random.Random) -> tuple[str, int]:
     name, friend = rng.sample(NAMES, 2)
     item = rng.choice(ITEMS)
     a, b, c = rng.randint(2, 30), rng.randint(2, 12), rng.randint(1, 9)
     kind = rng.randrange(6)
-    if kind == 0:
-        return f"{name} has {a} {item}. {name} buys {b} more. How many {item} does {name} have now?", a + b
     if kind == 1:
         a = a + b
-        return f"{name} had {a} {item} and gave {b} of them to {friend}. How many {item} does {name} have left?", a - b
-    if kind == 2:
-        return f"{name} buys {b} packs of {item} with {c} {item} in each pack. How many {item} does {name} buy?", b * c
-    if kind == 3:
-        return f"A box holds {c} {item}. How many boxes are needed for exactly {b * c} {item}?", b
     if kind == 4:
         c = rng.randint(1, a + b)
-        return (f"{name} has {a} {item}, buys {b} more, then gives {c} to {friend}. "
-                f"How many {item} does {name} have now?", a + b - c)
-    return (f"{name} earns {b} dollars per hour and works {c} hours. Then {name} spends {c} dollars on lunch. "
-            f"How many dollars does {name} have left?", b * c - c)
+    template, quantities = TEMPLATES[kind]
+    numbers = {"a": a, "b": b, "c": c, "n": b * c}
+    question = template.format(name=name, friend=friend, item=item, **numbers)
+    return question, quantities(numbers)[-1]
+
+
+def intermediates(question: str) -> Optional[List[int]]:
+    """Every intermediate quantity of a templated question (the answer last), or None for any other question."""
+    for kind, pattern in PATTERNS.items():
+        match = pattern.match(question)
+        if match:
+            return TEMPLATES[kind][1]({k: int(v) for k, v in match.groupdict().items() if k in NUMBER_FIELDS})
+    return None
 
 
 def generate(seed: int, count: int, prefix: str) -> List[Problem]:
