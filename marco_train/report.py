@@ -1,6 +1,10 @@
 """Result tables: accuracy (no-answer rate) per variant (row) and task (column), the paper's layout.
 
-An eval stage's `variant` labels its row (default: the name of the model stage it evaluates).
+An eval stage's `variant` labels its row (default: the name of the model stage it evaluates). The printed
+table holds accuracy and the no-answer rate only; the CSV and JSON beside it (results.csv / results.json in
+the experiment directory, ablation.csv for ablate) add per task every metric of CSV_METRICS (definitions in
+marco_train/eval/metrics.py): no-answer among finished outputs, truncation, format rate, and the
+whole-response fallback's accuracy and no-answer rate.
 """
 
 from __future__ import annotations
@@ -8,6 +12,9 @@ from __future__ import annotations
 import csv
 import io
 from typing import Dict, List, Tuple
+
+CSV_METRICS = ("accuracy", "no_answer_rate", "no_answer_rate_finished", "truncation_rate", "format_rate",
+               "fallback_accuracy", "fallback_no_answer_rate", "mean_response_tokens", "samples")
 
 
 def eval_cells(plan, results) -> List[Tuple[str, str, dict]]:
@@ -21,7 +28,7 @@ def eval_cells(plan, results) -> List[Tuple[str, str, dict]]:
 
 
 def table(plan, results) -> Tuple[List[str], List[List[str]], List[List[object]]]:
-    """Header, formatted rows ("41.0% (3.5%)"), and raw rows (accuracy, no-answer per task) for CSV/W&B."""
+    """Header, formatted rows ("41.0% (3.5%)"), and raw rows (CSV_METRICS per task) for the CSV."""
     cells = eval_cells(plan, results)
     variants = list(dict.fromkeys(v for v, _, _ in cells))
     tasks = list(dict.fromkeys(t for _, t, _ in cells))
@@ -33,7 +40,7 @@ def table(plan, results) -> Tuple[List[str], List[List[str]], List[List[object]]
         for t in tasks:
             m = by_key.get((v, t))
             text.append(f"{m['accuracy']:.1%} ({m['no_answer_rate']:.1%})" if m else "–")
-            raw += [m["accuracy"], m["no_answer_rate"]] if m else [None, None]
+            raw += [m.get(k) for k in CSV_METRICS] if m else [None] * len(CSV_METRICS)
         text_rows.append(text)
         raw_rows.append(raw)
     return header, text_rows, raw_rows
@@ -48,7 +55,7 @@ def markdown(header, rows) -> str:
 def csv_text(header, raw_rows) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["variant"] + [f"{t}/{k}" for t in header[1:] for k in ("accuracy", "no_answer_rate")])
+    writer.writerow(["variant"] + [f"{t}/{k}" for t in header[1:] for k in CSV_METRICS])
     writer.writerows(raw_rows)
     return out.getvalue()
 
@@ -59,6 +66,18 @@ def print_report(plan, results) -> None:
         if record and "accuracy" in record:
             print(f"\n{name}: recorded held-out accuracy {record['accuracy']:.1%} "
                   f"(no-answer {record['no_answer_rate']:.1%}) on {record.get('heldout_problems', '?')} problems")
-    header, rows, _ = table(plan, results)
+    header, rows, raw = table(plan, results)
     if rows:
         print("\naccuracy (no-answer rate)\n" + markdown(header, rows))
+        write_results(plan, results, header, raw)
+
+
+def write_results(plan, results, header, raw) -> None:
+    """results.csv (CSV_METRICS per task) and results.json (every eval's full metrics) in the experiment dir."""
+    from .io import atomic_write_json, atomic_write_text
+
+    out = plan.experiment_dir
+    atomic_write_text(out / "results.csv", csv_text(header, raw))
+    atomic_write_json(out / "results.json", [{"variant": v, "task": t, **m} for v, t, m in eval_cells(plan, results)])
+    print(f"(no-answer among finished outputs, truncation, format rate and the whole-response fallback: "
+          f"{out}/results.csv, results.json)")

@@ -6,6 +6,7 @@ import io
 import pytest
 
 from conftest import PYTHON, run
+from marco_train.report import CSV_METRICS
 
 
 @pytest.mark.slow
@@ -21,7 +22,7 @@ def test_ablation_grid_runs_search_once_and_writes_the_table(tmp_path):
     assert table[0] == "| variant | toy |"
     assert [row.split(" | ")[0] for row in table[2:]] == ["| SFT", "| +DPO", "| +DPO masked", "| full method"]
     rows = list(csv.reader(io.StringIO((out / "ablation.csv").read_text())))
-    assert rows[0] == ["variant", "toy/accuracy", "toy/no_answer_rate"] and len(rows) == 5
+    assert rows[0] == ["variant"] + [f"toy/{k}" for k in CSV_METRICS] and len(rows) == 5
     assert rows[2][1:] == rows[3][1:]  # the equivalent variants give the same numbers
     assert "| SFT |" in proc.stdout
     assert len(list((out / "_ablation" / "wandb").glob("offline-run-*"))) == 1  # the W&B table's run

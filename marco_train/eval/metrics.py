@@ -2,7 +2,7 @@
 
 Definitions: *no answer* = no final answer inside the last, closed `<answer>` segment (Task.extract_answer,
 the paper's rule, alike on every task); `no_answer_rate_finished` = the same among the outputs that were not
-truncated (NaN when every output was); *truncated* = the generation hit max_new_tokens (or the model's
+truncated (null when every output was); *truncated* = the generation hit max_new_tokens (or the model's
 context) before its end-of-turn token; `fallback_accuracy` / `fallback_no_answer_rate` = the same scoring with
 the whole-response fallback (Task.extract_answer_fallback: an unclosed or missing answer segment is looked
 for in the rest of the text), a separate metric for untagged models, never the headline; Test@N = share of problems solved by at least
@@ -13,7 +13,6 @@ one of their first N samples (in record order), which needs at least N samples o
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Dict, Iterable, List
 
@@ -50,7 +49,7 @@ def summarize(records: List[dict], test_at: Iterable[int] = ()) -> Dict[str, flo
         "accuracy": sum(r["correct"] for r in records) / n,
         "no_answer_rate": sum(r["no_answer"] for r in records) / n,
         "truncation_rate": sum(r["truncated"] for r in records) / n,
-        "no_answer_rate_finished": sum(r["no_answer"] for r in finished) / len(finished) if finished else math.nan,
+        "no_answer_rate_finished": sum(r["no_answer"] for r in finished) / len(finished) if finished else None,
         "mean_response_tokens": sum(r["response_tokens"] for r in records) / n,
     }
     for key, name in (("format_ok", "format_rate"), ("fallback_correct", "fallback_accuracy")):

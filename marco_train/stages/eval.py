@@ -1,7 +1,12 @@
 """Stage `eval`: generate for a checkpoint on a task's problems with the shared prompt contract; score them.
 
 Writes samples.jsonl (one line per sample) and metrics.json (accuracy, no-answer rate, truncation rate,
-mean response length, Test@N when sampling).
+no-answer rate among finished outputs, format rate, the whole-response fallback's accuracy and no-answer rate,
+mean response length, Test@N when sampling; definitions in marco_train/eval/metrics.py).
+
+`max_new_tokens: 0` (the default) is the task's own budget (`Task.max_new_tokens`: toy 479, the toy model's
+512 positions minus its longest prompt; gsm8k, blocksworld, multi_if 1024; math500 2048; aime 4096), so a
+truncated output is one that ran past what the task needs, not one cut by a small default.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class Config(StageConfig):
     problems_file: str = path_field("mcts_data/problems/toy_heldout.jsonl", check=check_problems_source)
     split: str = ""  # dataset split when loading by name ("" = the task's default)
     num_problems: int = at_least(0, default=200, hint="0 = all")
-    max_new_tokens: int = at_least(1, default=256)
+    max_new_tokens: int = at_least(0, default=0, hint="0 = the task's budget (Task.max_new_tokens)")  # docstring
     engine: str = "hf"  # hf | vllm (marco_train/engines; vllm runs from its own venv, see the README)
     # keyword options of the engine: vllm: tensor_parallel_size, gpu_memory_utilization, max_num_seqs, ...
     engine_options: Dict[str, Any] = field(default_factory=dict)
@@ -71,8 +76,8 @@ def run(ctx) -> dict:
     mine = problems[dist.rank()::dist.world_size()]  # ranks split the problems; rank 0 gathers
     sampling = cfg.samples_per_problem > 1
     with tqdm(total=len(mine), desc=f"{ctx.name}: problems", disable=not dist.is_main()) as bar:
-        gens = sample(engine, task, mine, cfg.samples_per_problem, cfg.max_new_tokens, cfg.temperature,
-                      ctx.root.seed, progress=bar)
+        gens = sample(engine, task, mine, cfg.samples_per_problem, cfg.max_new_tokens or task.max_new_tokens,
+                      cfg.temperature, ctx.root.seed, progress=bar)
     expanded = [p for p in mine for _ in range(cfg.samples_per_problem)]
     shards = dist.all_gather_object(score_samples(task, expanded, gens))
     k, world = cfg.samples_per_problem, len(shards)
@@ -82,6 +87,9 @@ def run(ctx) -> dict:
         atomic_write_text(ctx.out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         atomic_write_json(ctx.out_dir / "metrics.json", metrics)
         ctx.tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=0)
-    ctx.log(f"accuracy {metrics['accuracy']:.1%}  no-answer {metrics['no_answer_rate']:.1%}  "
-            f"truncated {metrics['truncation_rate']:.1%}  mean length {metrics['mean_response_tokens']:.1f} tokens")
+    finished = metrics["no_answer_rate_finished"]
+    ctx.log(f"accuracy {metrics['accuracy']:.1%}  no-answer {metrics['no_answer_rate']:.1%} (among finished "
+            f"{'-' if finished is None else f'{finished:.1%}'})  truncated {metrics['truncation_rate']:.1%}  format "
+            f"{metrics['format_rate']:.1%}  fallback accuracy {metrics['fallback_accuracy']:.1%}  mean length "
+            f"{metrics['mean_response_tokens']:.1f} tokens")
     return {"metrics": metrics, "task": cfg.task}

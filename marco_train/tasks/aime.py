@@ -31,6 +31,7 @@ def parse_reference(row: dict, where: str) -> str:
 
 class AimeTask(MathTask):
     name = "aime"
+    max_new_tokens = 4096
     hub = HubDataset("HuggingFaceH4/aime_2024", None, "train")
     id_fields = ("id",)
     system_prompt = reasoning_system_prompt("followed by the final integer in \\boxed{}, e.g. "

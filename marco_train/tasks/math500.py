@@ -33,6 +33,7 @@ def parse_reference(row: dict, where: str) -> str:
 
 class MathTask(DatasetTask):
     name = "math500"
+    max_new_tokens = 2048
     hub = HubDataset("HuggingFaceH4/MATH-500", None, "test")
     id_fields = ("unique_id", "id")
     system_prompt = reasoning_system_prompt("followed by the final result in \\boxed{}, e.g. "

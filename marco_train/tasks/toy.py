@@ -10,10 +10,10 @@ segment, true when it is one of the question's steps with its right result (so `
 N is the number of steps. The work after the last reflection is complete when its equations are exactly
 the question's steps, in order.
 
-Generation budget (`max_new_tokens`, the eval's default): the toy model has 512 positions and its prompts
-take at most 32 tokens, so 480 lets every output run to its end-of-turn or to the model's context; the
-longest trace it was trained on (3 steps, a caught mistake and the corrected work) is far shorter, so an
-output cut at 480 is a loop, counted as truncated.
+Generation budget (`max_new_tokens`, the eval's default): the toy model has 512 positions and the bundled
+prompts take at most 33 tokens, so 479 lets every output run to its end-of-turn or to the model's context.
+The longest trace it was trained on (3 steps, a caught mistake and the corrected work) is 190 tokens, so an
+output cut at 479 is a loop, counted as truncated.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def check_toy_steps(question: str, response: str) -> StepVerdict:
 class ToyTask(Task):
     name = "toy"
     system_prompt = ""
-    max_new_tokens = 480  # the toy model's 512 positions minus its longest prompt (module docstring)
+    max_new_tokens = 479  # the toy model's 512 positions minus its longest prompt (module docstring)
 
     def answer_in(self, scope: str) -> Optional[str]:
         matches = ANSWER_RE.findall(scope)
