@@ -192,6 +192,86 @@ def test_global_terciles_and_max_length(toy_tokenizer):
     assert out["summary"]["paths"]["too_long"] == 1
 
 
+# ----------------------------------------------------------------------------------------------- process check
+
+TWO = "Firstly, I need to break down this task. There are 2 steps."
+TREE_E = make_tree("e", "Compute 1 + 2 + 3.", "6", [
+    (1, 0, "sub_task", TWO, False, None),
+    (2, 1, "thinking", "1 + 2 = 3", False, None),
+    (3, 2, "thinking", "3 + 3 = 6", False, None),
+    (4, 3, "answer", "The answer is: 6", True, True),       # right answer, right process (shortest)
+    (5, 1, "thinking", "1 + 2 = 4", False, None),
+    (6, 5, "thinking", "4 + 2 = 6", False, None),
+    (7, 6, "double_check", "Check: 4 + 2 = 6. Correct.", False, None),
+    (8, 7, "answer", "The answer is: 6", True, True),       # right answer through a wrong step (longest)
+    (9, 3, "answer", "The answer is: 7", True, False),      # wrong answer, diverges after both thinkings
+])
+TREE_F = make_tree("f", "Compute 2 + 2.", "4", [  # the only correct path has a wrong step
+    (1, 0, "sub_task", "Firstly, I need to break down this task. There are 1 steps.", False, None),
+    (2, 1, "thinking", "2 + 2 = 5", False, None),
+    (3, 2, "answer", "The answer is: 4", True, True),
+    (4, 2, "answer", "The answer is: 5", True, False),
+])
+
+
+def test_process_check_keeps_only_process_correct_sft_rows_and_chosen_sides(toy_tokenizer):
+    task = get_task("toy")
+    off = build_split(trees(TREE_E, TREE_F), toy_tokenizer, task, cfg(process_check=False), seed=0)
+    assert [r["id"] for r in off["sft"]] == ["e/8", "f/3"]  # the longest correct path: a wrong process
+    assert off["summary"]["process_check"]["checker"] == "off"
+    out = build_split(trees(TREE_E, TREE_F), toy_tokenizer, task, cfg(), seed=0)  # on by default
+    assert [r["id"] for r in out["sft"]] == ["e/4"]
+    assert [r["id"] for r in out["pairs"]] == ["e/4-9"]  # rejected: the only wrong answer
+    s = out["summary"]
+    assert s["process_check"] == {"checker": "toy step checker", "correct_paths": 3, "passed": 1, "failed": 2,
+                                  "failed_by_reason": {"uncaught_wrong_step": 1, "wrong_claim_in_check": 1},
+                                  "rejected_wrong_process": 0}
+    assert s["sft"]["dropped"] == {"no_process_correct_path": 1}
+    assert s["pairs"]["dropped"] == {"no_process_correct_path": 1}
+    assert s["paths"]["correct"] == 3  # answers; the process check's counts are beside them
+
+
+def test_a_right_answer_with_a_wrong_process_may_be_the_rejected_side(toy_tokenizer):
+    out = build_split(trees(TREE_E), toy_tokenizer, get_task("toy"), cfg(rejected_wrong_process=True), seed=0)
+    # candidates 9 (wrong answer; shares both thinkings with 4) and 8 (diverges inside the first thinking)
+    assert [r["id"] for r in out["pairs"]] == ["e/4-8"]
+    assert out["summary"]["process_check"]["rejected_wrong_process"] == 1
+    assert [r["id"] for r in out["sft"]] == ["e/4"]
+
+
+def test_a_task_without_a_step_checker_keeps_every_correct_path(toy_tokenizer):
+    out = build_split(trees(TREE_E), toy_tokenizer, get_task("math500"), cfg(task="math500"), seed=0)
+    assert out["summary"]["process_check"]["checker"] == "none (task 'math500' has no step checker)"
+    assert out["summary"]["process_check"]["passed"] == out["summary"]["paths"]["correct"]
+
+
+# ----------------------------------------------------------------------------------------------- teacher != student
+
+def with_teacher_ids(record, key="teacher/model"):
+    """The tree as a teacher with another tokenizer wrote it: node token ids under the teacher's key (junk here:
+    the split must never read them)."""
+    out = json.loads(json.dumps(record))
+    for n in out["nodes"]:
+        n["token_ids"] = {key: [7] * (len(n["text"]) + 3)}
+    return out
+
+
+def test_split_measures_with_the_students_tokenizer_not_the_teachers(toy_tokenizer, smollm2_tokenizer):
+    task = get_task("toy")
+    results = {}
+    for name, tok in (("toy", toy_tokenizer), ("smollm2", smollm2_tokenizer)):
+        out = build_split(trees(with_teacher_ids(TREE_A)), tok, task, cfg(), seed=0)
+        (pair,) = out["pairs"]
+        c, r = response_ids(tok, pair["chosen"]), response_ids(tok, pair["rejected"])
+        assert (pair["chosen_tokens"], pair["rejected_tokens"]) == (len(c), len(r))
+        prompt = prompt_ids(tok, task, TREE_A["question"])
+        assert pair["shared_prefix_len"] == S.common_prefix_len(prompt + c, prompt + r) - len(prompt)
+        assert [row["tokens"] for row in out["sft"]] == [len(response_ids(tok, row["response"])) for row in out["sft"]]
+        results[name] = (pair["id"], pair["chosen_tokens"], pair["shared_prefix_len"], out["sft"][0]["tokens"])
+    assert results["toy"][0] == results["smollm2"][0] == "a/3-7"  # the same texts are selected ...
+    assert results["toy"][1:] != results["smollm2"][1:]  # ... and measured in each student's own tokens
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 
 

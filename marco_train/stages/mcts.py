@@ -17,6 +17,8 @@ from tqdm import tqdm
 
 from .. import dist
 from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, path_field
+from ..data.diagnostics import diagnostics_line, for_summary, plot_confidence, scalars, tree_diagnostics
+from ..data.trees import read_tree_files
 from ..engines import ENGINES, engine_from_config, prefix_cache_counts
 from ..engines.base import check_prompts_fit
 from ..faults import fault_point
@@ -28,7 +30,7 @@ from ..models import model_dir
 from ..tasks import check_problems_source, check_task, get_task
 
 KIND = "mcts"
-CODE_VERSION = 1
+CODE_VERSION = 2
 INPUTS = {"model": "model.name_or_path"}  # the policy checkpoint
 RESUMABLE = True
 # How the work is batched, not what is searched (float rounding aside; see mcts_data/README.md).
@@ -141,13 +143,19 @@ def run(ctx) -> dict:
     summary.update(prefix_cache_hit_tokens=hits, prefix_cache_query_tokens=queries,
                    prefix_cache_hit_rate=round(hits / queries, 4) if queries else 0.0)
     if dist.is_main():
+        diag = tree_diagnostics(read_tree_files(shard.parent), task.check_steps if task.has_step_checker else None)
+        summary["diagnostics"] = for_summary(diag)
         atomic_write_json(ctx.out_dir / "summary.json", summary)
-        ctx.tracker.log({f"mcts/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
-                        step=max(len(mine), 1))
+        plot_confidence(diag, ctx.out_dir / "confidence.png")
+        ctx.tracker.log({**{f"mcts/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
+                         **{f"mcts/{k}": v for k, v in scalars(diag).items()}}, step=max(len(mine), 1))
+        ctx.tracker.image("mcts/confidence", ctx.out_dir / "confidence.png")
+    summary["diagnostics"] = dist.broadcast_object(summary.get("diagnostics"))
     ctx.log(f"{summary['trees']} trees, {summary['nodes']} nodes, depth {summary['mean_depth']:.1f} "
             f"(max {summary['max_depth']}), {summary['reflections']} reflections, "
             f"correct terminals {summary['terminal_correct_rate']:.1%}, solved {summary['solved_rate']:.1%}, "
             f"{summary['tokens_per_second']:.0f} tokens/s")
+    ctx.log(diagnostics_line(summary["diagnostics"]))
     return summary
 
 

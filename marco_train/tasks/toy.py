@@ -7,8 +7,9 @@ Problems are generated deterministically (`generate`), split train/held-out by a
 Step checker (`check_steps`, the rules of tasks/steps.py): a claim is an equation `a op b = c` in a
 segment, true when it is one of the question's steps with its right result (so `11 + 8 = 19` is false in
 "Compute 11 + 7 + 1 + 7." although the arithmetic holds), and the sub-task's "There are N steps", true when
-N is the number of steps. The work after the last reflection is complete when its equations are exactly
-the question's steps, in order.
+N is the number of steps. The work after the last reflection is complete when its equations, a step
+restated right after itself counted once, are exactly the question's steps in order (skipped, extra or out
+of order steps are not).
 
 Generation budget (`max_new_tokens`, the eval's default): the toy model has 512 positions and the bundled
 prompts take at most 33 tokens, so 479 lets every output run to its end-of-turn or to the model's context.
@@ -20,15 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import random
+from itertools import groupby
 import re
 from typing import List, Optional
 
+from ..io import DataError
 from .base import Problem, StepVerdict, Task
 from .steps import check_process
 
 ANSWER_RE = re.compile(r"The answer is:\s*(-?\d+)")
 CLAIM_RE = re.compile(r"(-?\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)")
 STEP_COUNT_RE = re.compile(r"There (?:are|is) (\d+) steps?")
+QUESTION_RE = re.compile(r"Compute \d+(?: [+-] \d+)+\.")
 MAX_OPERAND = 20
 MAX_VALUE = 99
 
@@ -80,10 +84,13 @@ def claims(segment) -> List[tuple]:
 
 
 def check_toy_steps(question: str, response: str) -> StepVerdict:
+    if not QUESTION_RE.fullmatch(question):
+        raise DataError(f"toy step checker: {question[:80]!r} is not a toy question ('Compute 12 + 7 - 5.'); "
+                        f"score these trees with their own task, or set the split's process_check: false")
     steps = steps_of(question)
     true = set(steps) | {("steps", len(steps))}
     return check_process(response, claims, lambda c: c in true,
-                         lambda work: [c for c in work if c[0] != "steps"] == steps)
+                         lambda work: [c for c, _ in groupby(c for c in work if c[0] != "steps")] == steps)
 
 
 class ToyTask(Task):
