@@ -5,9 +5,9 @@ the paper's rule, alike on every task); `no_answer_rate_finished` = the same amo
 truncated (null when every output was); *truncated* = the generation hit max_new_tokens (or the model's
 context) before its end-of-turn token; `fallback_accuracy` / `fallback_no_answer_rate` = the same scoring with
 the whole-response fallback (Task.extract_answer_fallback: an unclosed or missing answer segment is looked
-for in the rest of the text), a separate metric for untagged models, never the headline; Test@N = share of problems solved by at least
-one of their first N samples (in record order), which needs at least N samples of every problem;
-*format ok* = the response follows the tagged format of the prompt contract: every segment is a closed
+for in the rest of the text), a separate metric for untagged models, never the headline; Test@N = share of
+problems solved by at least one of their first N samples (in record order), which needs at least N samples
+of every problem; *format ok* = the response follows the tagged format of the prompt contract: every segment is a closed
 `<type>...</type>` tag, there is at least one, and the last one is an `<answer>` segment.
 """
 

@@ -11,7 +11,8 @@ kwargs dropped).
 
 Model answer: the text of the last closed <answer> segment, without a leading "The answer is:". *No answer*
 = no closed answer segment, or an empty answer. The whole-response fallback (untagged models, reported
-apart): the last <answer> segment closed or not; a response with no tags at all is its own answer. Correct = every instruction is followed (Multi-IF / IFEval "strict" accuracy).
+apart): the last <answer> segment closed or not; a response with no tags at all is its own answer.
+Correct = every instruction is followed (Multi-IF / IFEval "strict" accuracy).
 
 We write these checkers ourselves (simplified from IFEval's rules: word = \\w+ run, sentence = text ending
 in .!? or their CJK forms) rather than depend on an evaluation harness for a stretch goal.
