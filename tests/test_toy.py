@@ -7,7 +7,7 @@ import pytest
 
 from marco_train.prompts import REFLECTION_TEXT, build_prompt, parse_response, prompt_ids, response_ids
 from marco_train.tasks import get_task, load_problems_file
-from marco_train.tasks.toy import generate, steps_of
+from marco_train.tasks.toy import generate, is_heldout, steps_of
 from marco_train.toy.tokenizer import build_tokenizer
 from marco_train.toy.traces import trace
 
@@ -21,6 +21,17 @@ def test_bundled_problems_are_correct_and_disjoint():
         assert steps_of(p.question)[-1][3] == int(p.answer)
         assert all(0 <= s[3] <= 99 for s in steps_of(p.question))
     assert generate(0, 5, heldout=True) == heldout[:5]  # the files are what the generator makes
+
+
+def test_dev_set_is_held_out_side_and_disjoint_from_the_held_out_file():
+    heldout = load_problems_file("mcts_data/problems/toy_heldout.jsonl")
+    dev = load_problems_file("mcts_data/problems/toy_dev.jsonl")
+    train = load_problems_file("mcts_data/problems/toy_train.jsonl")
+    assert len(dev) == 500 and dev[0].id == "toy-d00000"
+    assert not {p.question for p in dev} & ({p.question for p in heldout} | {p.question for p in train})
+    assert all(is_heldout(p.question) for p in dev)
+    assert dev == generate(1, 500, True, prefix="d", exclude=[p.question for p in heldout])
+    assert all(steps_of(p.question)[-1][3] == int(p.answer) for p in dev)
 
 
 def test_steps_of():

@@ -23,7 +23,7 @@ import hashlib
 import random
 from itertools import groupby
 import re
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 from ..io import DataError
 from .base import Problem, StepVerdict, Task
@@ -52,10 +52,12 @@ def steps_of(question: str) -> List[tuple]:
     return out
 
 
-def generate(seed: int, count: int, heldout: bool) -> List[Problem]:
-    """`count` distinct problems of 2-3 steps whose running value stays in 0..99, from one side of the split."""
+def generate(seed: int, count: int, heldout: bool, prefix: str = "", exclude: Iterable[str] = ()) -> List[Problem]:
+    """`count` distinct problems of 2-3 steps whose running value stays in 0..99, from one side of the split,
+    none of whose questions is in `exclude`; ids `toy-<prefix>NNNNN` (prefix default: h held-out, t train)."""
     rng = random.Random(seed)
-    seen, problems = set(), []
+    seen, problems = set(exclude), []
+    prefix = prefix or ("h" if heldout else "t")
     while len(problems) < count:
         n_steps = rng.choice((2, 3))
         value = rng.randint(1, MAX_OPERAND)
@@ -71,7 +73,7 @@ def generate(seed: int, count: int, heldout: bool) -> List[Problem]:
         if question in seen or is_heldout(question) != heldout:
             continue
         seen.add(question)
-        problems.append(Problem(f"toy-{'h' if heldout else 't'}{len(problems):05d}", question, str(value)))
+        problems.append(Problem(f"toy-{prefix}{len(problems):05d}", question, str(value)))
     return problems
 
 
