@@ -2,6 +2,7 @@
 same seed -> identical trees, kill mid-shard + rerun, malformed problem files, two ranks under torchrun."""
 
 import json
+import re
 
 import pytest
 
@@ -16,7 +17,7 @@ SMALL = ["stages.mcts.num_problems=5", "stages.mcts.max_iterations=4", "stages.m
          "stages.mcts.min_iterations=2", "stages.mcts.min_correct=1"]
 ENV = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}  # small batches: one thread per process is fastest
 NODE_FIELDS = {"id", "parent", "type", "text", "visits", "value", "confidence", "is_terminal", "answer", "correct",
-               "generated_tokens", "token_ids"}
+               "generated_tokens", "samples", "token_ids"}
 
 
 def stage_dir(runs, *extra):
@@ -66,13 +67,27 @@ def test_stage_outputs_schema_summary_and_tracking(first_run):
     assert summary["correct_terminals"] == sum(n["is_terminal"] and n["correct"] for t in trees for n in t["nodes"])
     assert summary["tokens_generated"] == summary["tokens_generated_this_run"] > 0
     assert summary["tokens_per_second"] > 0
+    for tree in trees:  # merged sibling samples: counted on the node that has their text, and on the tree
+        assert tree["duplicate_samples"] == sum(n["samples"] - 1 for n in tree["nodes"])
+        texts = {}
+        for n in tree["nodes"]:
+            texts.setdefault((n["parent"], n["text"]), []).append(n["id"])
+        assert all(len(ids) == 1 for ids in texts.values())  # no two siblings share a text
+    diag = summary["diagnostics"]
+    sampled, duplicates = sum(t["sampled_nodes"] for t in trees), sum(t["duplicate_samples"] for t in trees)
+    assert diag["duplicate_sibling_rate"] == round(duplicates / sampled, 4)
+    correct = [n for t in trees for n in t["nodes"] if n["is_terminal"] and n["correct"]]
+    assert diag["process"]["correct_paths"] == len(correct)
+    assert diag["reflection"]["below_reflection"]["answers"] + diag["reflection"]["elsewhere"]["answers"] == \
+        sum(n["is_terminal"] for t in trees for n in t["nodes"])
+    assert (out / "confidence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / DONE_FILE).read_text())["summary"] == summary
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1]["mcts/trees"] == 5 and logged[-1]["mcts/nodes"] == summary["nodes"]
     assert list((out / "wandb").glob("offline-run-*"))
     shown = run([PYTHON, "launchers/show_tree.py", str(out), "--id", trees[1]["problem_id"]]).stdout.splitlines()
     assert shown[0].startswith(f"{trees[1]['problem_id']}: {trees[1]['question']}")
-    assert shown[1].startswith("[0] root") and shown[2].startswith("  [1] sub_task")
+    assert shown[1].startswith("[0] root") and re.match(r"  \[1\]( x\d+)? sub_task", shown[2])
     assert len(shown) == len(trees[1]["nodes"]) + 1
 
 

@@ -1,4 +1,5 @@
-"""Print a tree record indented: type, visits N, mean value Q/N, confidence, the terminal's verdict, text excerpt.
+"""Print a tree record indented: id (xK: K identical sibling samples merged into it), type, visits N, mean
+value Q/N, confidence, the terminal's verdict, text excerpt.
 
     python launchers/show_tree.py runs/demo/mcts-<fp> [--id toy-t00003] [--width 80]
 """
@@ -25,7 +26,8 @@ def format_tree(tree: Tree, width: int = 80) -> str:
         verdict = ("  RIGHT" if node.correct else "  WRONG") if node.is_terminal else ""
         text = node.text.replace("\n", "\\n")
         text = text if len(text) <= width else text[:width - 3] + "..."
-        lines.append(f"{'  ' * depth}[{node.id}] {node.type:<12} N={node.visits:<3} Q/N={mean:.2f} "
+        samples = f" x{node.samples}" if node.samples > 1 else ""  # sibling samples merged into it
+        lines.append(f"{'  ' * depth}[{node.id}]{samples} {node.type:<12} N={node.visits:<3} Q/N={mean:.2f} "
                      f"c={conf}{verdict}  {text}")
         for child in children.get(node.id, []):
             walk(child, depth + 1)
