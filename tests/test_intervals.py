@@ -8,8 +8,7 @@ import math
 
 import pytest
 
-from marco_train.eval.intervals import (mcnemar_exact, newcombe_paired, paired_bootstrap, paired_table, quantile,
-                                        wilson)
+from marco_train.eval.intervals import mcnemar_exact, newcombe_paired, paired_bootstrap, paired_table, quantile, wilson
 
 Z2 = 1.959963984540054 ** 2
 
@@ -43,7 +42,8 @@ def test_newcombe_paired_by_formula():
     assert lo == pytest.approx(0.06 - math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     assert hi == pytest.approx(0.06 + math.sqrt((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     # positive correlation narrows it: with phi = 0 each limit would be farther out
-    assert 0.06 - lo < math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2) and hi - 0.06 < math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    assert 0.06 - lo < math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    assert hi - 0.06 < math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
     # negative correlation is used as is: ad - bc = 0 - 25 = -25
     phi = -25 / math.sqrt(5 * 5 * 5 * 5)
     (l1, u1), (l2, u2) = wilson(5, 10), wilson(5, 10)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from itertools import groupby
 import re
+from itertools import groupby
 from typing import Iterable, List, Optional
 
 from ..io import DataError
