@@ -204,3 +204,47 @@ def test_named_dataset_path_with_split(tmp_path):
     task = get_task("gsm8k")
     assert [p.answer for p in task.load_problems(str(repo), split="test")] == ["1250", "5.25"]
     assert [p.answer for p in task.load_problems(str(repo), split="train")] == ["28"]
+
+
+# ---- the gsm8k step checker -------------------------------------------------------------------------
+
+WORD = "Emma earns 6 dollars per hour and works 9 hours. Then Emma spends 9 dollars on lunch. " \
+       "How many dollars does Emma have left?"  # a word_problems template: quantities 6 * 9 = 54, 54 - 9 = 45
+
+
+@pytest.mark.parametrize("question, response, reason", [
+    (WORD, "<thinking>Emma earns 6 x 9 = 54 dollars.</thinking>\n<thinking>54 - 9 = 45</thinking>\n"
+           "<answer>The answer is: 45</answer>", ""),
+    # a false equation that happens to end on the right answer
+    (WORD, "<thinking>6 * 9 = 54 dollars, then 54 - 9 = 44</thinking>\n<answer>The answer is: 45</answer>",
+     "uncaught_wrong_step"),
+    # the answer alone is not the work: the intermediate 54 never appears
+    (WORD, "<thinking>She has some money left.</thinking>\n<answer>The answer is: 45 = 54 - 9</answer>",
+     "incomplete_work"),
+    # caught and reflected
+    (WORD, "<thinking>6 * 9 = 56</thinking>\n<double_check>6 * 9 = 54, not 56: wrong</double_check>\n"
+           "<reflection>Let me redo it.</reflection>\n<thinking>6 * 9 = 54 and 54 - 9 = 45</thinking>\n"
+           "<answer>The answer is: 45</answer>", ""),
+    # a check whose own arithmetic is false
+    (WORD, "<thinking>6 * 9 = 54; 54 - 9 = 45</thinking>\n<double_check>54 - 9 = 46? no: 45</double_check>\n"
+           "<answer>The answer is: 45</answer>", "wrong_claim_in_check"),
+    # precedence and commas: 1,200 / 4 + 2 * 3 = 306
+    ("Any GSM8K question?", "<thinking>1,200 / 4 + 2 * 3 = 306</thinking>\n<answer>The answer is: 306</answer>", ""),
+    ("Any GSM8K question?", "<thinking>1,200 / 4 + 2 * 3 = 906</thinking>\n<answer>The answer is: 906</answer>",
+     "uncaught_wrong_step"),
+])
+def test_gsm8k_step_checker(question, response, reason):
+    verdict = get_task("gsm8k").check_steps(question, response)
+    assert (verdict.ok, verdict.reason) == (not reason, reason)
+
+
+def test_word_problem_quantities_come_from_the_templates():
+    from marco_train.tasks.word_problems import generate, intermediates
+
+    assert intermediates(WORD) == [54, 45]
+    assert intermediates("A box holds 8 apples. How many boxes are needed for exactly 80 apples?") == [10]
+    assert intermediates("Emma earns 6 dollars per hour and works 9 hours. Then Emma spends 8 dollars on lunch. "
+                         "How many dollars does Emma have left?") is None  # the template uses one number twice
+    assert intermediates("How many r are in strawberry?") is None
+    for p in get_task("gsm8k").load_problems("mcts_data/problems/word_train.jsonl") + generate(7, 50, "x"):
+        assert intermediates(p.question)[-1] == int(p.answer)

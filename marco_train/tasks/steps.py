@@ -12,7 +12,9 @@ reflection is complete (`complete`). The rules, in this order (the first broken 
 2. a false claim outside a check is allowed only if the next check calls it wrong and a `<reflection>` is the
    very next segment after that check (`caught_without_reflection`; a reflection or the end of the response
    with a false claim not caught: `uncaught_wrong_step`);
-3. after the last reflection (the whole response without one) the work is complete (`incomplete_work`).
+3. after the last reflection (the whole response without one) the work is complete (`incomplete_work`); the
+   work is the claims of the segments other than checks, reflections and answers (an answer's claims must
+   be true, but stating the result is not deriving it).
 A segment left unclosed is `unclosed_segment`. Text between segments is not read.
 """
 
@@ -25,7 +27,7 @@ from typing import Callable, List, Sequence
 from ..prompts import Segment, parse_response
 from .base import StepVerdict
 
-CHECK, REFLECTION = "double_check", "reflection"
+CHECK, REFLECTION, ANSWER = "double_check", "reflection", "answer"
 CALLS_WRONG_RE = re.compile(r"\b(?:wrong|incorrect|mistake)", re.I)
 QUOTED_WRONG_RE = re.compile(r"\bnot\s+(-?\d+(?:\.\d+)?)")
 
@@ -61,7 +63,7 @@ def check_process(response: str, claims_of: Callable[[Segment], List[tuple]], is
             work = []
         else:
             pending += [c for c in claims if not is_true(c)]
-            work += claims
+            work += claims if seg.type != ANSWER else []
     if pending:
         return StepVerdict(False, "uncaught_wrong_step")
     return OK if complete(work) else StepVerdict(False, "incomplete_work")
