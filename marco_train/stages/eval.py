@@ -43,7 +43,7 @@ class Config(StageConfig):
     problems_file: str = path_field("mcts_data/problems/toy_heldout.jsonl", check=check_problems_source)
     split: str = ""  # dataset split when loading by name ("" = the task's default)
     num_problems: int = at_least(0, default=200, hint="0 = all")
-    max_new_tokens: int = at_least(0, default=0, hint="0 = the task's budget (Task.max_new_tokens)")  # docstring
+    max_new_tokens: int = at_least(0, default=0, hint="0 = the task's budget, Task.max_new_tokens")  # docstring
     engine: str = "hf"  # hf | vllm (marco_train/engines; vllm runs from its own venv, see the README)
     # keyword options of the engine: vllm: tensor_parallel_size, gpu_memory_utilization, max_num_seqs, ...
     engine_options: Dict[str, Any] = field(default_factory=dict)
