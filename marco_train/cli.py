@@ -135,3 +135,33 @@ def stage_main(kind: str | None, argv=None) -> None:
         # torchrun may start another world size than the config's nproc_per_node x nnodes: check the batch again
         check_world_batch(instance.cfg, f"stages.{instance.name}", lambda key: args.config, dist.world_size())
         execute_stage(plan, instance, force=args.force)
+
+
+def push_main(argv=None) -> None:
+    """`launchers/push_to_hub.py <stage dir> --repo NAME [--private]`: upload a finished stage's output to the
+    Hugging Face hub — a split stage's exported data (a dataset repo, configs sft and pairs, via datasets'
+    push_to_hub) or an sft/dpo stage's model directory with its model card (a model repo, via huggingface_hub's
+    upload_folder). Needs a login (`hf auth login` or HF_TOKEN)."""
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="launchers/push_to_hub.py", description=push_main.__doc__)
+    p.add_argument("stage_dir", help="a finished stage directory, e.g. runs/demo/split-<fingerprint>")
+    p.add_argument("--repo", required=True, help="hub repository id, e.g. your-name/marco-toy-pairs")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    args = p.parse_args(argv)
+    stage = Path(args.stage_dir)
+    if not (stage / "_DONE.json").is_file():
+        _fail(f"{stage}: not a finished stage directory (no _DONE.json)")
+    if (stage / "export").is_dir():
+        from .data.export import push_split
+
+        with user_errors():
+            print(f"pushed configs {', '.join(push_split(stage, args.repo, args.private))} to dataset {args.repo}")
+    elif (stage / "model").is_dir():
+        from .train.model_card import push_model
+
+        with user_errors():
+            url = push_model(stage / "model", args.repo, args.private)
+        print(f"pushed {stage / 'model'} to model {args.repo}: {url}")
+    else:
+        _fail(f"{stage}: neither export/ (a split stage) nor model/ (an sft or dpo stage) to push")

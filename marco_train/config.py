@@ -107,7 +107,27 @@ class TrainingConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     gradient_checkpointing: Optional[bool] = None  # None: off on CPU, on on GPU
     save_steps: int = at_least(0, default=0, hint="0: only the final save")
+    # Complete checkpoints kept in <stage dir>/checkpoints (the newest; older ones go once a newer one is complete,
+    # so a crash always leaves one to resume from).
+    save_total_limit: int = at_least(0, default=1, hint="0 keeps all")
+    # When the stage finishes its checkpoints keep only weights and trainer_state.json: the optimizer, scheduler
+    # and RNG state (at 7B under ZeRO-3 ~100 GB a checkpoint) and training_args.bin go. true keeps them.
+    keep_optimizer_state: bool = False
     deepspeed: Optional[str] = None  # path to a DeepSpeed JSON (configs/deepspeed/zero3.json)
+
+
+@dataclass
+class DatasetConfig:
+    """A user's own data for the sft / dpo stages instead of a split stage (marco_train/data/user_data.py):
+    TRL's formats (prompt/completion, messages, prompt/chosen/rejected; conversational or plain text) or
+    LLaMA-Factory's sharegpt/alpaca rows, as a local JSONL/JSON/Parquet file or directory, or a hub dataset."""
+    # Local file or directory (its content is fingerprinted) or a hub dataset name (pinned by `revision`).
+    name_or_path: str = path_field("")
+    revision: str = ""  # a hub dataset's commit sha (required for hub datasets: the fingerprint must name fixed data)
+    split: str = "train"
+    # Our field -> the dataset's column, e.g. {prompt: instruction, completion: output}. Fields: prompt, system,
+    # completion, messages (sft), chosen, rejected (dpo), id; unmapped ones use their own names.
+    columns: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

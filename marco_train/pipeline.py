@@ -29,7 +29,7 @@ from . import dist
 from .config import ConfigError, PipelineConfig, StageError, input_path_keys, load_raw, to_yaml, validate
 from .faults import fault_point
 from .io import atomic_write_json, atomic_write_text, hash_json, hash_path
-from .stages import check_inputs
+from .stages import check_inputs, unknown_upstream
 
 # Stage kind -> module; what a stage module defines: marco_train/stages/__init__.py.
 STAGE_MODULES = {
@@ -155,8 +155,8 @@ def build_plan(config_file: str, overrides: List[str] = ()) -> Plan:
         inputs = dict(cfg.inputs)
         for input_name, upstream in inputs.items():
             if upstream not in stages_raw:
-                raise ConfigError(f"{source.where(prefix + '.inputs.' + input_name)}: inputs.{input_name} names "
-                                  f"unknown stage '{upstream}'")
+                raise ConfigError(f"{source.where(prefix + '.inputs.' + input_name)}: "
+                                  f"{unknown_upstream(module, input_name, upstream)}")
         instances[name] = StageInstance(name, kind, cfg, module, inputs)
     sorter = graphlib.TopologicalSorter({n: set(s.inputs.values()) for n, s in instances.items()})
     try:

@@ -42,16 +42,31 @@ def messages(task, question: str) -> List[dict]:
     return out + [{"role": "user", "content": task.user_message(question)}]
 
 
-def build_prompt(tokenizer, task, question: str) -> str:
-    """System text + user turn + the assistant generation prompt, via the tokenizer's chat template."""
+def row_messages(task, row: dict) -> List[dict]:
+    """A data row's prompt: its own `prompt` messages (a user's conversational data, data/user_data.py) if it
+    has them, else the task's messages for its `question`."""
+    return list(row["prompt"]) if row.get("prompt") else messages(task, row["question"])
+
+
+def chat_prompt(tokenizer, prompt_messages: List[dict]) -> str:
+    """The messages + the assistant generation prompt, via the tokenizer's chat template."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')} has no chat template; use an "
                          f"instruct checkpoint or set one")
-    return tokenizer.apply_chat_template(messages(task, question), tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+
+
+def chat_prompt_ids(tokenizer, prompt_messages: List[dict]) -> List[int]:
+    return tokenizer(chat_prompt(tokenizer, prompt_messages), add_special_tokens=False)["input_ids"]
+
+
+def build_prompt(tokenizer, task, question: str) -> str:
+    """System text + user turn + the assistant generation prompt, via the tokenizer's chat template."""
+    return chat_prompt(tokenizer, messages(task, question))
 
 
 def prompt_ids(tokenizer, task, question: str) -> List[int]:
-    return tokenizer(build_prompt(tokenizer, task, question), add_special_tokens=False)["input_ids"]
+    return chat_prompt_ids(tokenizer, messages(task, question))
 
 
 def response_ids(tokenizer, response: str) -> List[int]:

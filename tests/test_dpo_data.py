@@ -34,6 +34,14 @@ def test_a_wrong_shared_prefix_len_is_an_error_naming_the_row(toy_tokenizer):
         tokenize_pairs(rows, toy_tokenizer, TASK, 4096, source="pairs.arrow")
 
 
+def test_without_shared_prefix_len_the_prefix_is_computed(toy_tokenizer):
+    rows = toy_pairs(toy_tokenizer, 3)
+    want, _ = tokenize_pairs(rows, toy_tokenizer, TASK, 4096)
+    got, _ = tokenize_pairs([{k: v for k, v in r.items() if k != "shared_prefix_len"} for r in rows], toy_tokenizer,
+                            TASK, 4096)
+    assert got == want and [len(e["prefix_ids"]) for e in got] == [r["shared_prefix_len"] for r in rows]
+
+
 def test_identical_pairs_are_dropped_and_counted(toy_tokenizer):
     rows = toy_pairs(toy_tokenizer, 3)
     rows[0]["rejected"] = rows[0]["chosen"]
@@ -45,8 +53,8 @@ def test_identical_pairs_are_dropped_and_counted(toy_tokenizer):
 
 def test_missing_field_and_nothing_left_are_clear_errors(toy_tokenizer):
     rows = toy_pairs(toy_tokenizer, 2)
-    del rows[1]["shared_prefix_len"]
-    with pytest.raises(DataError, match="row 1: missing field 'shared_prefix_len'"):
+    del rows[1]["question"]
+    with pytest.raises(DataError, match="row 1: missing field 'question'"):
         tokenize_pairs(rows, toy_tokenizer, TASK, 4096)
     rows = toy_pairs(toy_tokenizer, 2)
     with pytest.raises(DataError, match="no usable pair among 2"):

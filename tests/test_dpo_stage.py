@@ -21,8 +21,9 @@ from marco_train.train.dpo_data import tokenize_pairs
 
 
 def write_config(tmp_path: Path, dpo: dict = None, upstream: dict = None, wandb_mode: str = "disabled") -> str:
+    # every checkpoint kept (save_total_limit 0): direct_losses reloads the weights each step started from
     training = {"global_batch_size": 4, "per_device_batch_size": 2, "learning_rate": 1.0e-2, "max_steps": 4,
-                "save_steps": 1, "max_length": 512}
+                "save_steps": 1, "save_total_limit": 0, "max_length": 512}
     stage = {"kind": "dpo", "inputs": {"data": "upstream", "model": "upstream"}, "log_every": 1, "training": training}
     for key, value in (dpo or {}).items():
         (stage["training"] if key in training else stage)[key] = value

@@ -146,9 +146,9 @@ def test_pair_and_sft_sets_with_missing_fields_name_file_line_and_field(tmp_path
         load_pairs(path)
     path.write_text(json.dumps(good) + "\n")
     assert load_pairs(path)["id"] == ["q/1-2"]
-    columns = {k: v for k, v in PAIR_COLUMNS.items() if k != "shared_prefix_len"}
+    columns = {k: v for k, v in PAIR_COLUMNS.items() if k != "question"}
     save_rows([good], columns, tmp_path / "pairs")
-    with pytest.raises(DataError, match=r"pairs: missing field 'shared_prefix_len' \(a column"):
+    with pytest.raises(DataError, match=r"pairs: missing field 'question' \(a column"):
         load_pairs(tmp_path / "pairs")
     (tmp_path / "sft.jsonl").write_text(json.dumps({"id": "q/1", "question": "Compute 1 + 2."}) + "\n")
     with pytest.raises(DataError, match=r"sft.jsonl:1: missing field 'response'"):

@@ -26,7 +26,7 @@ PAIR_COLUMNS: Dict[str, str] = {"id": "string", "problem_id": "string", "questio
                                 "rejected": "string", "shared_prefix_len": "int64", "chosen_tokens": "int64",
                                 "rejected_tokens": "int64"}
 SFT_REQUIRED = ("id", "question", "response")
-PAIR_REQUIRED = ("id", "question", "chosen", "rejected", "shared_prefix_len")
+PAIR_REQUIRED = ("id", "question", "chosen", "rejected")  # shared_prefix_len: checked where given, else computed
 NULLABLE = {"confidence"}
 
 

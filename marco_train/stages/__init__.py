@@ -20,7 +20,8 @@ from ..config import ConfigError
 
 # For the error when neither an input nor the key standing in for it is set: what each names.
 INPUT_HINTS = {"model": "a stage that saves a model", "trees": "an mcts stage", "data": "a split stage"}
-KEY_HINTS = {"model.name_or_path": "a hub name or directory", "trees_dir": "tree files made elsewhere"}
+KEY_HINTS = {"model.name_or_path": "a hub name or directory", "trees_dir": "tree files made elsewhere",
+             "dataset.name_or_path": "your own file or hub dataset, TRL or LLaMA-Factory format"}
 
 
 def check_inputs(module, cfg, label: str, prefix: str, where) -> None:
@@ -33,3 +34,16 @@ def check_inputs(module, cfg, label: str, prefix: str, where) -> None:
             raise ConfigError(f"{where(prefix)}: {label} needs inputs.{needed}: <stage name>")
         raise ConfigError(f"{where(prefix)}: {prefix}: set inputs.{needed} ({INPUT_HINTS.get(needed, 'a stage')}) "
                           f"or {stand_in}" + (f" ({KEY_HINTS[stand_in]})" if stand_in in KEY_HINTS else ""))
+
+
+def unknown_upstream(module, input_name: str, value: str) -> str:
+    """The error for inputs.<input_name> naming no stage instance, pointing to the key that takes a path or hub
+    name instead (e.g. inputs.data=my_pairs.jsonl -> dataset.name_or_path)."""
+    declared = getattr(module, "INPUTS", ())
+    stand_in = declared.get(input_name) if isinstance(declared, dict) else None
+    msg = f"inputs.{input_name} names unknown stage '{value}'"
+    if stand_in:
+        msg += (f"; inputs name stage instances of this config; for a file, directory or hub name remove "
+                f"inputs.{input_name} and set {stand_in}={value}" +
+                (f" ({KEY_HINTS[stand_in]})" if stand_in in KEY_HINTS else ""))
+    return msg

@@ -1,7 +1,10 @@
 """Stage `dpo`: fine-grained DPO on the split stage's pairs — cDPO + α·SFT with the shared prefix masked.
 
-Inputs: `data` (a split stage: <dir>/pairs) and `model` (the starting checkpoint, usually the sft stage's).
-Output: <stage dir>/model (save_pretrained, model + tokenizer), checkpoints/ (HF Trainer, for resume),
+Inputs: `data` (a split stage: <dir>/pairs) — or `dataset.name_or_path`, a user's own preference pairs in TRL's or
+LLaMA-Factory's formats, a file or hub dataset (data/user_data.py; the shared prefix is computed from the token ids)
+— and `model` (the starting checkpoint, usually the sft stage's).
+Output: <stage dir>/model (save_pretrained, model + tokenizer + README.md model card), checkpoints/ (HF Trainer, for
+resume; the newest training.save_total_limit, stripped of optimizer state when the stage finishes),
 metrics.jsonl (TRL's names: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
 logps/rejected, plus loss/dpo and loss/sft; W&B through the tracker).
 
@@ -19,7 +22,6 @@ model with the adapters off. The pieces: train/dpo_trainer.py (the Trainer), tra
 train/common.py (arguments, checkpoints, LoRA, the final save).
 """
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ from omegaconf import OmegaConf
 
 from ..config import (
     ConfigError,
+    DatasetConfig,
     LoraConfig,
     ModelConfig,
     StageConfig,
@@ -38,14 +41,14 @@ from ..config import (
     hub_model_check,
     path_field,
 )
-from ..data.schema import load_pairs
+from ..data.user_data import check_dataset_config
 from ..models import load_model, load_tokenizer, model_dir
 from ..tasks import check_task_or_recorded, get_task
 from ..train.loss_config import LossConfig
 
 KIND = "dpo"
 CODE_VERSION = 1
-INPUTS = {"data": None, "model": "model.name_or_path"}
+INPUTS = {"data": "dataset.name_or_path", "model": "model.name_or_path"}
 RESUMABLE = True
 # Same math either way (float rounding aside): how to compute, not what.
 EXTRA_RUNTIME_KEYS = ("prefix_sharing", "logprob_chunk_size", "reference_cache_dir")
@@ -61,8 +64,10 @@ class ReferenceConfig:
 @dataclass
 class Config(StageConfig):
     kind: str = KIND
-    # the prompt contract's task; empty = the one recorded by the split stage (its summary.json)
+    # The prompt contract's task; empty = the one recorded by the split stage (its summary.json). With `dataset`: the
+    # system prompt and user message for plain-text prompts (message prompts are used as given).
     task: str = checked("", check_task_or_recorded)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # a user's own pairs instead of inputs.data
     beta: float = 0.1  # documented choice (TRL / DPO default); the paper gives none
     epsilon: float = 0.1  # cDPO label-noise rate; 0 = plain DPO
     alpha: float = 1.0  # weight of the SFT term (the paper's default)
@@ -82,6 +87,10 @@ class Config(StageConfig):
 
 def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     """Cross-key rules, at plan time (the DAG runner calls this); errors name the key and where it was set."""
+    if cfg.dataset.name_or_path and "data" in cfg.inputs:
+        raise ConfigError(f"{where(prefix + '.dataset')}: {prefix}: set exactly one of inputs.data (a split stage) "
+                          f"and dataset.name_or_path (your own file or hub dataset)")
+    check_dataset_config(cfg.dataset, "pairs", prefix, where)
     choices = {"reference.mode": ("cached", "model"), "truncation": ("cut_prefix", "drop")}
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
@@ -123,16 +132,20 @@ def run(ctx) -> dict:
     from datasets import Dataset
     from transformers import set_seed
 
+    from ..data.user_data import stage_rows, system_prompts
+    from ..prompts import row_messages
     from ..train.common import (
         TrackerCallback,
         apply_lora,
         checkpoint_step,
+        finish_checkpoints,
         last_checkpoint,
         save_final,
         training_arguments,
     )
     from ..train.dpo_data import PairCollator, tokenize_pairs
     from ..train.dpo_trainer import FineGrainedDPOTrainer, sharing
+    from ..train.model_card import model_card
     from ..train.prefix_sharing import mask_dtype_for
     from ..train.reference_cache import cached_reference
 
@@ -141,13 +154,9 @@ def run(ctx) -> dict:
     start = cfg.model.name_or_path or str(model_dir(ctx.inputs["model"]))
     ref_path = cfg.reference.name_or_path or start
     tokenizer = load_tokenizer(start, cfg.model.trust_remote_code)
-    data_dir = Path(ctx.inputs["data"])
-    pairs_path, summary = data_dir / "pairs", data_dir / "summary.json"
-    task = cfg.task or (json.loads(summary.read_text()).get("task") if summary.exists() else None)
-    if not task:
-        raise ConfigError(f"stages.{ctx.name}.task: not set and {summary} records none; set the task (e.g. toy)")
-    examples, stats = tokenize_pairs(load_pairs(pairs_path), tokenizer, get_task(task), cfg.training.max_length,
-                                     cfg.truncation, source=str(pairs_path))
+    rows, task_name, source, described = stage_rows(cfg, ctx.inputs.get("data"), "pairs", f"stages.{ctx.name}")
+    task = get_task(task_name) if task_name else None
+    examples, stats = tokenize_pairs(rows, tokenizer, task, cfg.training.max_length, cfg.truncation, source=source)
     ctx.log(f"{stats.kept}/{stats.total} pairs ({stats.truncated} with cut shared prefix; dropped: "
             f"{stats.dropped_no_divergence} without divergence, {stats.dropped_too_long} too long)")
     if cfg.reference.mode == "cached":
@@ -169,7 +178,8 @@ def run(ctx) -> dict:
     collator = PairCollator(tokenizer.pad_token_id, share, losses.needs_prefix_logps, mask_dtype_for(policy.config))
     trainer = FineGrainedDPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(examples),
                                     data_collator=collator, processing_class=tokenizer,
-                                    callbacks=[TrackerCallback(ctx)], loss_config=losses, reference_model=reference,
+                                    callbacks=[TrackerCallback(ctx, cfg.training.save_total_limit)],
+                                    loss_config=losses, reference_model=reference,
                                     chunk_size=cfg.logprob_chunk_size)
     resume = last_checkpoint(ctx.out_dir)
     if resume:
@@ -177,8 +187,12 @@ def run(ctx) -> dict:
         ctx.tracker.truncate_after(checkpoint_step(resume))
     result = trainer.train(resume_from_checkpoint=resume)
 
+    card = model_card(kind=KIND, name=f"{ctx.root.experiment}/{ctx.name}", start=start, data=described,
+                      prompt_messages=row_messages(task, rows[0]), system_prompts=system_prompts(rows, task),
+                      model_path=str(model_dir(ctx.out_dir)), steps=result.global_step, samples=stats.kept)
     out = save_final(trainer, tokenizer, ctx.out_dir, merge_onto=start if cfg.lora.enabled else None,
-                     model_cfg=cfg.model)
+                     model_cfg=cfg.model, card=card)
+    finish_checkpoints(ctx.out_dir, cfg.training.keep_optimizer_state)
     tokens = sum(2 * (len(e["prompt_ids"]) + len(e["prefix_ids"])) + len(e["chosen_ids"]) + len(e["rejected_ids"])
                  for e in examples)
     runtime = result.metrics.get("train_runtime", 0.0)

@@ -1,7 +1,9 @@
 """Stage `sft`: supervised fine-tuning on the split stage's SFT set (question -> long correct path).
 
-Inputs: `data` (a split stage: <dir>/sft, <dir>/summary.json) and `model` (the starting checkpoint), unless
-model.name_or_path names it. Output: <stage dir>/model (model + tokenizer), checkpoints/ (for resume),
+Inputs: `data` (a split stage: <dir>/sft, <dir>/summary.json) — or `dataset.name_or_path`, a user's own file or
+hub dataset in TRL's or LLaMA-Factory's formats (data/user_data.py) — and `model` (the starting checkpoint), unless
+model.name_or_path names it. Output: <stage dir>/model (model + tokenizer + README.md model card), checkpoints/
+(for resume; the newest training.save_total_limit, stripped of optimizer state when the stage finishes),
 metrics.jsonl.
 
 The machinery is TRL's SFTTrainer (on the HF Trainer: accelerate, DeepSpeed ZeRO-2/3, checkpoints, resume).
@@ -25,18 +27,17 @@ from the last complete checkpoint and truncates metrics.jsonl after its step. Th
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig, at_least, checked
-from ..data.schema import load_sft
+from ..config import ConfigError, DatasetConfig, LoraConfig, ModelConfig, StageConfig, TrainingConfig, at_least, checked
+from ..data.user_data import check_dataset_config
 from ..models import load_tokenizer, model_dir
 from ..tasks import check_task_or_recorded, get_task
 
 KIND = "sft"
 CODE_VERSION = 1
-INPUTS = {"data": None, "model": "model.name_or_path"}
+INPUTS = {"data": "dataset.name_or_path", "model": "model.name_or_path"}
 RESUMABLE = True
 
 
@@ -48,7 +49,10 @@ class SftLoraConfig(LoraConfig):
 @dataclass
 class Config(StageConfig):
     kind: str = KIND
-    task: str = checked("", check_task_or_recorded)  # empty = the task recorded by the split stage (its summary.json)
+    # The prompt contract; empty = the task recorded by the split stage (its summary.json). With `dataset`: the
+    # system prompt and user message for plain-text prompts (message prompts are used as given).
+    task: str = checked("", check_task_or_recorded)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # a user's own data instead of inputs.data
     max_samples: int = at_least(0, default=0, hint="0 = the whole SFT set")
     packing: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)  # empty name_or_path = the `model` input's model dir
@@ -58,6 +62,10 @@ class Config(StageConfig):
 
 def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     """Called by the pipeline at plan time (before any work)."""
+    if cfg.dataset.name_or_path and "data" in cfg.inputs:
+        raise ConfigError(f"{where(prefix + '.dataset')}: {prefix}: set exactly one of inputs.data (a split stage) "
+                          f"and dataset.name_or_path (your own file or hub dataset)")
+    check_dataset_config(cfg.dataset, "sft", prefix, where)
     if cfg.packing and cfg.model.trust_remote_code:
         raise ConfigError(f"{where(prefix + '.packing')}: {prefix}.packing: true with model.trust_remote_code: true "
                           f"is refused: a remote-code model's attention may ignore the per-sample position ids, and "
@@ -70,30 +78,37 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
 
 
 def run(ctx) -> dict:
-    from ..train.common import TrackerCallback, checkpoint_step, last_checkpoint, save_final
+    from ..data.user_data import stage_rows, system_prompts
+    from ..prompts import row_messages
+    from ..train.common import TrackerCallback, checkpoint_step, finish_checkpoints, last_checkpoint, save_final
+    from ..train.model_card import model_card
     from ..train.sft_trainer import build_trainer, tokenize_sft
 
     cfg = ctx.cfg
-    data_dir = Path(ctx.inputs["data"])
-    task_name = cfg.task or json.loads((data_dir / "summary.json").read_text())["task"]
+    rows, task_name, source, described = stage_rows(cfg, ctx.inputs.get("data"), "sft", f"stages.{ctx.name}")
+    task = get_task(task_name) if task_name else None
     model_path = cfg.model.name_or_path or str(model_dir(ctx.inputs["model"]))
     tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
-    rows = load_sft(data_dir / "sft")
-    if cfg.max_samples:
-        rows = rows.select(range(min(cfg.max_samples, len(rows))))
+    rows = rows[:cfg.max_samples] if cfg.max_samples else rows
     if len(rows) == 0:
-        raise ConfigError(f"stages.{ctx.name}: the SFT set {data_dir / 'sft'} is empty; see "
-                          f"{data_dir / 'summary.json'} for why queries were dropped")
-    dataset = tokenize_sft(rows, tokenizer, get_task(task_name), cfg.training.max_length, str(data_dir / "sft"))
+        raise ConfigError(f"stages.{ctx.name}: the SFT set {source} is empty; see the split stage's summary.json "
+                          f"for why queries were dropped")
+    dataset = tokenize_sft(rows, tokenizer, task, cfg.training.max_length, source)
     trainer = build_trainer(cfg, model_path, dataset, tokenizer, ctx.out_dir, ctx.root.seed, cfg.log_every,
-                            callbacks=[TrackerCallback(ctx)])
+                            callbacks=[TrackerCallback(ctx, cfg.training.save_total_limit)])
     resume = last_checkpoint(ctx.out_dir)
     if resume:
         ctx.log(f"resuming from {resume}")
         ctx.tracker.truncate_after(checkpoint_step(resume))
     result = trainer.train(resume_from_checkpoint=resume)
     merge = cfg.lora.enabled and cfg.lora.merge
-    final = save_final(trainer, tokenizer, ctx.out_dir, merge_onto=model_path if merge else None, model_cfg=cfg.model)
-    ctx.log(f"saved {final} after {trainer.state.global_step} steps (train loss {result.training_loss:.4f})")
+    card = model_card(kind=KIND, name=f"{ctx.root.experiment}/{ctx.name}", start=model_path, data=described,
+                      prompt_messages=row_messages(task, rows[0]), system_prompts=system_prompts(rows, task),
+                      model_path=str(model_dir(ctx.out_dir)), steps=trainer.state.global_step, samples=len(rows))
+    final = save_final(trainer, tokenizer, ctx.out_dir, merge_onto=model_path if merge else None, model_cfg=cfg.model,
+                       card=card)
+    freed = finish_checkpoints(ctx.out_dir, cfg.training.keep_optimizer_state)
+    ctx.log(f"saved {final} after {trainer.state.global_step} steps (train loss {result.training_loss:.4f})"
+            + (f"; {freed / 2**20:.1f} MiB of optimizer state removed from checkpoints/" if freed else ""))
     return {"samples": len(rows), "steps": trainer.state.global_step, "train_loss": result.training_loss,
             "resumed_from": Path(resume).name if resume else None, "model": str(final)}

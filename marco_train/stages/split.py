@@ -14,8 +14,9 @@ the rejected side of a pair (the same rejected rule picks among it and the wrong
 
 Writes <dir>/sft and <dir>/pairs (datasets.save_to_disk; schema in marco_train/data/schema.py and
 mcts_data/README.md), summary.json (counts, drops by reason, length stats per tercile, diagnostics of the
-trees: data/diagnostics.py), lengths.png and confidence.png. The work is light (tokenising text), so rank 0
-does it and the other ranks wait.
+trees: data/diagnostics.py), lengths.png and confidence.png; and the same rows in TRL's and LLaMA-Factory's
+formats under <dir>/export (data/export.py). The work is light (tokenising text), so rank 0 does it and the
+other ranks wait.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, p
 from ..data import split as S
 from ..data.authors_format import read_authors_tree
 from ..data.diagnostics import diagnostics_line, for_summary, plot_confidence, scalars, tree_diagnostics
+from ..data.export import FORMATS as EXPORT_FORMATS
+from ..data.export import export_split
 from ..data.paths import extract_paths
 from ..data.schema import PAIR_COLUMNS, SFT_COLUMNS, save_rows
 from ..data.split import CHOSEN_RULES, REJECTED_RULES, TERCILES
@@ -61,12 +64,13 @@ class Config(StageConfig):
     process_check: bool = True  # keep only process-correct paths where the task has a step checker (docstring)
     rejected_wrong_process: bool = False  # a right answer reached by a wrong process may be the rejected side
     model: ModelConfig = field(default_factory=ModelConfig)  # the tokenizer; empty = the `model` input's
+    export_format: str = "jsonl"  # <dir>/export files (TRL, LLaMA-Factory): jsonl | parquet
 
 
 def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     """Called by the pipeline at plan time (before any work)."""
     allowed = {"tree_format": FORMATS, "tercile_mode": ("per_query", "global"), "chosen": CHOSEN_RULES,
-               "rejected": REJECTED_RULES}
+               "rejected": REJECTED_RULES, "export_format": EXPORT_FORMATS}
     for key, values in allowed.items():
         if cfg[key] not in values:
             raise ConfigError(f"{where(prefix + '.' + key)}: {prefix}.{key}='{cfg[key]}': use one of "
@@ -105,6 +109,7 @@ def run(ctx) -> dict:
         diag = tree_diagnostics(trees, process_checker(task, cfg.process_check))
         save_rows(out["sft"], SFT_COLUMNS, ctx.out_dir / "sft")
         save_rows(out["pairs"], PAIR_COLUMNS, ctx.out_dir / "pairs")
+        export_split(out["sft"], out["pairs"], task, ctx.out_dir, cfg.export_format, f"marco_{cfg.task}")
         plot_lengths(out["lengths"], ctx.out_dir / "lengths.png", cfg.tercile_mode)
         plot_confidence(diag, ctx.out_dir / "confidence.png")
         summary = {"task": cfg.task, "format": fmt, "source": str(source), "tokenizer": str(tokenizer_path),

@@ -7,8 +7,11 @@
 - the Trainer's own W&B integration is off (`report_to=[]`); `TrackerCallback` forwards its logs to our
   tracker (the one owner of the run). After each checkpoint it waits for every rank, then rank 0 writes
   `COMPLETE` into the checkpoint directory (a kill mid-save leaves a checkpoint without it, which
-  `last_checkpoint` skips), then the `after_checkpoint` fault point fires;
-- the LoRA setup (`peft_config`, `apply_lora`) and the final save (`save_final`) of both stages.
+  `last_checkpoint` skips), then the `after_checkpoint` fault point fires, then rank 0 deletes the checkpoints
+  older than the newest `training.save_total_limit` complete ones (the HF Trainer's own rotation would delete
+  them before the new one is marked complete, so a kill there could leave none to resume from);
+- the LoRA setup (`peft_config`, `apply_lora`), the final save (`save_final`: weights, tokenizer, model card, no
+  pickle) and `finish_checkpoints` (a finished stage's checkpoints keep weights, not optimizer state).
 """
 
 from __future__ import annotations
@@ -106,12 +109,57 @@ def checkpoint_step(path: str) -> int:
     return int(Path(path).name.split("-")[1])
 
 
+def _checkpoints(out_dir: Path) -> list:
+    ckpt = Path(out_dir) / "checkpoints"
+    found = [p for p in ckpt.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name)] if ckpt.is_dir() else []
+    return sorted(found, key=lambda p: checkpoint_step(p.name))
+
+
+def _remove_checkpoint(path: Path) -> None:
+    (path / COMPLETE_MARKER).unlink(missing_ok=True)  # first: a kill mid-delete leaves no "complete" half
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def rotate_checkpoints(out_dir: Path, keep: int) -> list:
+    """Delete every checkpoint older than the newest `keep` complete ones (0 = keep all); returns the deleted."""
+    complete = [p for p in _checkpoints(out_dir) if (p / COMPLETE_MARKER).exists()]
+    if not keep or len(complete) <= keep:
+        return []
+    oldest_kept = checkpoint_step(complete[-keep].name)
+    old = [p for p in _checkpoints(out_dir) if checkpoint_step(p.name) < oldest_kept]
+    for path in old:
+        _remove_checkpoint(path)
+    return old
+
+
+# What only resuming needs: HF Trainer's optimizer/scheduler/scaler/RNG files and args pickle, DeepSpeed's
+# optimizer partitions (global_stepN/*optim_states.pt; its model partitions stay with the weights).
+RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "training_args.bin",
+               "global_step*/*optim_states.pt")
+
+
+def finish_checkpoints(out_dir: Path, keep_optimizer_state: bool = False) -> int:
+    """Called once the final model is saved: unless `keep_optimizer_state`, strip each checkpoint to its weights
+    and trainer_state.json (COMPLETE goes first: a stripped checkpoint is not resumable). Returns bytes freed."""
+    freed = 0
+    if keep_optimizer_state or not dist.is_main():
+        return freed
+    for path in _checkpoints(out_dir):
+        (path / COMPLETE_MARKER).unlink(missing_ok=True)
+        for pattern in RESUME_ONLY:
+            for f in path.glob(pattern):
+                freed += f.stat().st_size
+                f.unlink()
+    return freed
+
+
 class TrackerCallback(TrainerCallback):
     """Forwards the Trainer's logs to ctx.tracker (rank 0), stops on a non-finite loss, marks finished
-    checkpoints COMPLETE, and fires the after_checkpoint fault point."""
+    checkpoints COMPLETE, fires the after_checkpoint fault point, then keeps the newest `save_total_limit`
+    complete checkpoints (0 = all)."""
 
-    def __init__(self, ctx):
-        self.ctx = ctx
+    def __init__(self, ctx, save_total_limit: int = 0):
+        self.ctx, self.save_total_limit = ctx, save_total_limit
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
@@ -130,6 +178,8 @@ class TrackerCallback(TrainerCallback):
             marker.write_text(f"{state.global_step}\n")
         dist.barrier()
         fault_point(self.ctx.name, "after_checkpoint", self.ctx.kind)
+        if dist.is_main():
+            rotate_checkpoints(Path(args.output_dir).parent, self.save_total_limit)
 
 
 def peft_config(lora: LoraConfig) -> PeftLoraConfig:
@@ -143,13 +193,14 @@ def apply_lora(model, lora: LoraConfig):
 
 
 def save_final(trainer, tokenizer, out_dir: Path, merge_onto: Optional[str] = None,
-               model_cfg: Optional[ModelConfig] = None) -> Path:
-    """<dir>/model (model + tokenizer), written to <dir>/.model.tmp that rank 0 renames: never half a model.
+               model_cfg: Optional[ModelConfig] = None, card: Optional[str] = None) -> Path:
+    """<dir>/model (model + tokenizer + `card` as README.md), written to <dir>/.model.tmp that rank 0 renames:
+    never half a model.
 
     Every rank calls trainer.save_model (under ZeRO-3 it gathers the shards; rank 0 writes). With `merge_onto`
     (the base model of a LoRA run that saves full weights) the adapter goes to <dir>/adapter and rank 0 merges
     it into a fresh copy of that base, loaded with `model_cfg`'s dtype. The Trainer's training_args.bin (a
-    pickle) is left out: the stage's config.yaml says it all."""
+    pickle) is left out, beside the weights and the adapter: the stage's config.yaml says it all."""
     final, staged, adapter = model_dir(out_dir), Path(out_dir) / ".model.tmp", Path(out_dir) / "adapter"
     if dist.is_main() and staged.exists():
         shutil.rmtree(staged)
@@ -164,7 +215,10 @@ def save_final(trainer, tokenizer, out_dir: Path, merge_onto: Optional[str] = No
             base = load_model(merge_onto, model_cfg.dtype, "eager", model_cfg.trust_remote_code)
             PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(staged))
         tokenizer.save_pretrained(str(staged))
-        (staged / "training_args.bin").unlink(missing_ok=True)
+        for directory in (staged, adapter):
+            (directory / "training_args.bin").unlink(missing_ok=True)
+        if card:
+            (staged / "README.md").write_text(card)
         if final.exists():
             shutil.rmtree(final)
         staged.rename(final)

@@ -1,9 +1,10 @@
 """DPO pairs: tokenize and check them once, then collate batches into a log-prob layout (see logprobs.py).
 
-Input: the split stage's `pairs` dataset (id, question, chosen, rejected, shared_prefix_len, ...). Each pair is
-tokenized with the prompt contract (prompt_ids + response_ids, response = text + eos), and the shared prefix —
-the number of leading *response* tokens chosen and rejected have in common — is recomputed from the token ids
-and checked against the dataset's `shared_prefix_len` (a mismatch means split ran with another tokenizer).
+Input: the split stage's `pairs` dataset (id, question, chosen, rejected, shared_prefix_len, ...), or a user's pairs
+with their own prompt messages instead of a question (data/user_data.py). Each pair is tokenized with the prompt
+contract (the prompt of prompts.row_messages + response_ids, response = text + eos), and the shared prefix — the
+number of leading *response* tokens chosen and rejected have in common — is computed from the token ids; where the
+dataset records `shared_prefix_len` it must agree (a mismatch means split ran with another tokenizer).
 
 Kept pairs are stored split at the divergence point: prompt_ids, prefix_ids (the shared response prefix),
 chosen_ids and rejected_ids (the divergent suffixes, each ending in eos). Dropped and counted, never a crash or
@@ -24,7 +25,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 from ..data.split import common_prefix_len  # the one definition, also used to write shared_prefix_len
 from ..io import DataError
 
-PAIR_FIELDS = ("id", "question", "chosen", "rejected", "shared_prefix_len")
+PAIR_FIELDS = ("id", "chosen", "rejected")  # and a question or prompt messages
 TRUNCATION_MODES = ("cut_prefix", "drop")
 
 
@@ -57,19 +58,19 @@ def split_pair(prompt: List[int], chosen: List[int], rejected: List[int], max_le
 def tokenize_pairs(rows: Iterable[dict], tokenizer, task, max_length: int, truncation: str = "cut_prefix",
                    source: str = "pairs") -> Tuple[List[dict], PairStats]:
     """Tokenize, check and split every pair; `source` names the dataset in errors."""
-    from ..prompts import prompt_ids, response_ids
+    from ..prompts import chat_prompt_ids, response_ids, row_messages
 
     stats, kept = PairStats(), []
     for i, row in enumerate(rows):
-        for name in PAIR_FIELDS:
+        for name in PAIR_FIELDS + (() if row.get("prompt") else ("question",)):
             if name not in row or row[name] is None:
                 raise DataError(f"{source}: row {i}: missing field '{name}' (a pairs dataset has "
-                                f"{', '.join(PAIR_FIELDS)}); re-run the split stage")
+                                f"{', '.join(PAIR_FIELDS)} and a question); re-run the split stage")
         stats.total += 1
-        prompt = prompt_ids(tokenizer, task, row["question"])
+        prompt = chat_prompt_ids(tokenizer, row_messages(task, row))
         chosen, rejected = response_ids(tokenizer, row["chosen"]), response_ids(tokenizer, row["rejected"])
         shared = common_prefix_len(chosen, rejected)
-        if shared != int(row["shared_prefix_len"]):
+        if row.get("shared_prefix_len") is not None and shared != int(row["shared_prefix_len"]):
             raise DataError(f"{source}: row {i} (id {row['id']!r}): shared_prefix_len is {row['shared_prefix_len']} "
                             f"but the {getattr(tokenizer, 'name_or_path', '')} tokenizer gives {shared} shared "
                             f"response "

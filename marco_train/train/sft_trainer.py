@@ -1,7 +1,10 @@
 """The sft stage's pieces: tokenising the SFT set to the prompt contract, the packing guard, TRL's SFTTrainer.
 
-input_ids = prompts.prompt_ids + prompts.response_ids (response + end-of-turn), completion_mask 0 on the prompt
-and 1 on the response; TRL turns that into labels (-100 on the prompt). Over-long rows are refused, not truncated.
+input_ids = the prompt (prompts.row_messages: the task's messages for the row's question, or a user row's own
+prompt messages, through the chat template) + prompts.response_ids (response + end-of-turn), completion_mask 0 on
+the prompt and 1 on the response; TRL turns that into labels (-100 on the prompt). Over-long rows are refused, not
+truncated. `StageSFTTrainer` is TRL's SFTTrainer without its draft model card in checkpoints/ (the stage writes
+model/README.md; train/model_card.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from trl import SFTConfig, SFTTrainer
 from ..config import ConfigError
 from ..io import DataError
 from ..models import load_model
-from ..prompts import prompt_ids, response_ids
+from ..prompts import chat_prompt_ids, response_ids, row_messages
 from .common import peft_config, training_arguments
 
 # Attention implementations that honour per-sample position ids in packed rows (transformers' own models).
@@ -25,7 +28,8 @@ def tokenize_sft(rows, tokenizer, task, max_length: int, where: str = "sft") -> 
     """A Dataset of input_ids (prompt + response + end-of-turn) and completion_mask (1 on the response)."""
     input_ids, masks = [], []
     for i, row in enumerate(rows):
-        prompt, response = prompt_ids(tokenizer, task, row["question"]), response_ids(tokenizer, row["response"])
+        prompt = chat_prompt_ids(tokenizer, row_messages(task, row))
+        response = response_ids(tokenizer, row["response"])
         if len(prompt) + len(response) > max_length:
             raise DataError(f"{where}: row {i} (id {row['id']}): {len(prompt) + len(response)} tokens > "
                             f"training.max_length={max_length}; raise training.max_length or set the split stage's "
@@ -48,6 +52,11 @@ def check_packing(cfg, model) -> None:
                           f"keep packed samples from attending to each other; set packing: false")
 
 
+class StageSFTTrainer(SFTTrainer):
+    def create_model_card(self, *args, **kwargs):
+        """Nothing: TRL would write checkpoints/README.md ("a fine-tuned version of [None]" for a local model)."""
+
+
 def build_trainer(cfg, model_path, train_dataset, tokenizer, out_dir: Path, seed: int, log_every: int = 10,
                   callbacks=()) -> SFTTrainer:
     """The SFTTrainer for an sft stage config (also used by tests and the ZeRO-3 check)."""
@@ -56,5 +65,5 @@ def build_trainer(cfg, model_path, train_dataset, tokenizer, out_dir: Path, seed
                               completion_only_loss=True)
     model = load_model(model_path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     check_packing(cfg, model)
-    return SFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+    return StageSFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
                       peft_config=peft_config(cfg.lora) if cfg.lora.enabled else None, callbacks=list(callbacks))
