@@ -98,6 +98,10 @@ def test_split_stage_outputs(tmp_path, toy_tokenizer):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["split/sft_rows"] == 16 and metrics[0]["split/pairs"] == 16
     assert list((out / "wandb").glob("offline-run-*"))
+    exported = [json.loads(line) for line in (out / "export" / "trl" / "pairs.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["prompt"][-1]["content"], r["chosen"][0]["content"]) for r in exported] == \
+        [(r["id"], r["question"], r["chosen"]) for r in pairs]  # the same pairs in TRL's format (tests/test_export.py)
+    assert (out / "export" / "llamafactory" / "dataset_info.json").is_file()
 
 
 def test_split_stage_fails_on_a_malformed_tree_line(tmp_path):

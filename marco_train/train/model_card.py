@@ -14,8 +14,8 @@ from typing import Dict, List, Optional
 
 from ..prompts import NODE_TYPES, close_tag, open_tag
 
-WHAT = {"sft": "supervised fine-tuning on long correct reasoning paths (the split stage's SFT set)",
-        "dpo": "fine-grained DPO (cDPO + an SFT term, the chosen/rejected shared prefix masked)"}
+WHAT = {"sft": "supervised fine-tuning, the loss on the response tokens only",
+        "dpo": "fine-grained DPO (cDPO + an SFT term on the chosen responses)"}
 
 
 def upstream_base_model(path: str) -> Optional[str]:
