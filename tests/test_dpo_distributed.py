@@ -16,7 +16,7 @@ from conftest import torchrun
 from dpo_testlib import read_metrics
 from marco_train.pipeline import build_plan, run_plan
 
-ENV = {"PYTHONPATH": "tests", "WANDB_MODE": "disabled"}
+ENV = {"WANDB_MODE": "disabled"}  # conftest.run puts tests/ on PYTHONPATH, keeping the caller's (a clone's code)
 ZERO3 = "configs/deepspeed/zero3.json"
 
 

@@ -131,3 +131,22 @@ def test_exports_read_back_into_the_stages_train_exactly_like_the_split_rows(tmp
             [{k: v for k, v in e.items() if k != "id"} for e in want_pairs]
         rows = load_user_rows(DatasetConfig(str(out / where / f"sft.{fmt}")), "sft", None, "task")
         assert tokenize_sft(rows, toy_tokenizer, None, 4096)[:] == want_sft[:]
+
+
+def test_export_format_is_checked_at_plan_time_and_push_refuses_an_unfinished_stage(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from marco_train.cli import push_main
+    from marco_train.config import ConfigError
+    from marco_train.stages import split
+
+    cfg = OmegaConf.structured(split.Config(inputs={"trees": "mcts", "model": "bootstrap"}, export_format="csv"))
+    with pytest.raises(ConfigError, match=r"stages.split.export_format='csv': use one of jsonl, parquet"):
+        split.check_config(cfg, "stages.split")
+    with pytest.raises(SystemExit):
+        push_main([str(tmp_path), "--repo", "someone/data"])
+    assert f"{tmp_path}: not a finished stage directory (no _DONE.json)" in capsys.readouterr().err
+    (tmp_path / "_DONE.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        push_main([str(tmp_path), "--repo", "someone/data"])
+    assert "neither export/ (a split stage) nor model/ (an sft or dpo stage) to push" in capsys.readouterr().err
