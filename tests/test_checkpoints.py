@@ -51,6 +51,12 @@ def test_a_finished_stage_keeps_weights_not_optimizer_state(tmp_path):
                     "trainer_state.json"]
     assert freed == 6 * 10 and last_checkpoint(tmp_path) is None  # stripped: no longer offered for resuming
 
+    no_weights = tmp_path / "zero3_not_gathered"  # DeepSpeed's partitions are this checkpoint's only weights
+    (make(no_weights, 4) / "model.safetensors").unlink()
+    finish_checkpoints(no_weights)
+    left = sorted(p.name for p in (no_weights / "checkpoints" / "checkpoint-4").rglob("*.pt"))
+    assert left == ["bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+
     kept = tmp_path / "kept"
     make(kept, 4)
     assert finish_checkpoints(kept, keep_optimizer_state=True) == 0

@@ -96,23 +96,21 @@ def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_
     )
 
 
+def _checkpoints(out_dir: Path) -> list:
+    """<stage dir>/checkpoints/checkpoint-N directories, oldest first."""
+    ckpt = Path(out_dir) / "checkpoints"
+    found = [p for p in ckpt.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name)] if ckpt.is_dir() else []
+    return sorted(found, key=lambda p: checkpoint_step(p.name))
+
+
 def last_checkpoint(out_dir: Path) -> Optional[str]:
     """The newest <stage dir>/checkpoints/checkpoint-N that every rank finished writing, or None."""
-    ckpt = Path(out_dir) / "checkpoints"
-    if not ckpt.is_dir():
-        return None
-    done = [p for p in ckpt.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name) and (p / COMPLETE_MARKER).exists()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+    done = [p for p in _checkpoints(out_dir) if (p / COMPLETE_MARKER).exists()]
+    return str(done[-1]) if done else None
 
 
 def checkpoint_step(path: str) -> int:
     return int(Path(path).name.split("-")[1])
-
-
-def _checkpoints(out_dir: Path) -> list:
-    ckpt = Path(out_dir) / "checkpoints"
-    found = [p for p in ckpt.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name)] if ckpt.is_dir() else []
-    return sorted(found, key=lambda p: checkpoint_step(p.name))
 
 
 def _remove_checkpoint(path: Path) -> None:
@@ -132,10 +130,11 @@ def rotate_checkpoints(out_dir: Path, keep: int) -> list:
     return old
 
 
-# What only resuming needs: HF Trainer's optimizer/scheduler/scaler/RNG files and args pickle, DeepSpeed's
-# optimizer partitions (global_stepN/*optim_states.pt; its model partitions stay with the weights).
-RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "training_args.bin",
-               "global_step*/*optim_states.pt")
+# What only resuming needs: HF Trainer's optimizer/scheduler/scaler/RNG files and args pickle, and DeepSpeed's
+# optimizer partitions (global_stepN/*optim_states.pt), which under ZeRO-3 also hold the fp32 master weights: they
+# go only where the checkpoint has gathered safetensors weights (configs/deepspeed/*.json gather them on save).
+RESUME_ONLY = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "training_args.bin")
+DEEPSPEED_OPTIMIZER = "global_step*/*optim_states.pt"
 
 
 def finish_checkpoints(out_dir: Path, keep_optimizer_state: bool = False) -> int:
@@ -146,7 +145,8 @@ def finish_checkpoints(out_dir: Path, keep_optimizer_state: bool = False) -> int
         return freed
     for path in _checkpoints(out_dir):
         (path / COMPLETE_MARKER).unlink(missing_ok=True)
-        for pattern in RESUME_ONLY:
+        weights = any(path.glob("*.safetensors"))
+        for pattern in RESUME_ONLY + ((DEEPSPEED_OPTIMIZER,) if weights else ()):
             for f in path.glob(pattern):
                 freed += f.stat().st_size
                 f.unlink()
