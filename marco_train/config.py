@@ -117,20 +117,6 @@ class TrainingConfig:
 
 
 @dataclass
-class DatasetConfig:
-    """A user's own data for the sft / dpo stages instead of a split stage (marco_train/data/user_data.py):
-    TRL's formats (prompt/completion, messages, prompt/chosen/rejected; conversational or plain text) or
-    LLaMA-Factory's sharegpt/alpaca rows, as a local JSONL/JSON/Parquet file or directory, or a hub dataset."""
-    # Local file or directory (its content is fingerprinted) or a hub dataset name (pinned by `revision`).
-    name_or_path: str = path_field("")
-    revision: str = ""  # a hub dataset's commit sha (required for hub datasets: the fingerprint must name fixed data)
-    split: str = "train"
-    # Our field -> the dataset's column, e.g. {prompt: instruction, completion: output}. Fields: prompt, system,
-    # completion, messages (sft), chosen, rejected (dpo), id; unmapped ones use their own names.
-    columns: Dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
 class LoraConfig:
     """LoRA (peft) keys of the training stages; the sft stage adds `merge` (the dpo stage always saves merged
     full weights, which is what eval loads). Set up by train/lora.py."""

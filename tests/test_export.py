@@ -10,9 +10,8 @@ import torch
 
 from conftest import TOY_CHECKPOINT
 from dpo_testlib import toy_pairs
-from marco_train.config import DatasetConfig
 from marco_train.data.export import export_split
-from marco_train.data.user_data import load_user_rows
+from marco_train.data.user_data import DatasetConfig, load_user_rows
 from marco_train.prompts import build_prompt, prompt_ids, response_ids
 from marco_train.tasks import get_task
 from marco_train.train.dpo_data import tokenize_pairs

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from conftest import TOY_CHECKPOINT
-from marco_train.config import ConfigError, DatasetConfig
-from marco_train.data.user_data import load_user_rows
+from marco_train.config import ConfigError
+from marco_train.data.user_data import DatasetConfig, load_user_rows
 from marco_train.io import DataError
 from marco_train.pipeline import build_plan, run_plan
 from marco_train.tasks import get_task

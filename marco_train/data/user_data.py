@@ -1,4 +1,4 @@
-"""A user's own data for the sft and dpo stages (their `dataset:` key, config.DatasetConfig), read into the rows
+"""A user's own data for the sft and dpo stages (their `dataset:` key, DatasetConfig below), read into the rows
 those stages train on: {id, prompt: messages, response} (sft) and {id, prompt: messages, chosen, rejected} (dpo).
 
 Accepted, per row (field names mappable with `dataset.columns`, e.g. {prompt: instruction, completion: output}):
@@ -23,13 +23,29 @@ datasets.save_to_disk directory (their content is fingerprinted), or a hub datas
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from ..config import ConfigError
+from ..config import ConfigError, path_field
 from ..io import DataError, iter_jsonl
 from ..prompts import messages as task_messages
 from ..prompts import row_messages
+
+
+@dataclass
+class DatasetConfig:
+    """The sft / dpo stages' `dataset:` key: a user's own data instead of a split stage (rules above):
+    TRL's formats (prompt/completion, messages, prompt/chosen/rejected; conversational or plain text) or
+    LLaMA-Factory's sharegpt/alpaca rows, as a local JSONL/JSON/Parquet file or directory, or a hub dataset."""
+    # Local file or directory (its content is fingerprinted) or a hub dataset name (pinned by `revision`).
+    name_or_path: str = path_field("")
+    revision: str = ""  # a hub dataset's commit sha (required for hub datasets: the fingerprint must name fixed data)
+    split: str = "train"
+    # Our field -> the dataset's column, e.g. {prompt: instruction, completion: output}. Fields: prompt, system,
+    # completion, messages (sft), chosen, rejected (dpo), id; unmapped ones use their own names.
+    columns: Dict[str, str] = field(default_factory=dict)
+
 
 FIELDS = {"sft": ("prompt", "system", "completion", "messages", "id"),
           "pairs": ("prompt", "system", "chosen", "rejected", "id")}

@@ -31,7 +31,6 @@ from omegaconf import OmegaConf
 
 from ..config import (
     ConfigError,
-    DatasetConfig,
     LoraConfig,
     ModelConfig,
     StageConfig,
@@ -41,7 +40,7 @@ from ..config import (
     hub_model_check,
     path_field,
 )
-from ..data.user_data import check_dataset_config
+from ..data.user_data import DatasetConfig, check_dataset_config
 from ..models import load_model, load_tokenizer, model_dir
 from ..tasks import check_task_or_recorded, get_task
 from ..train.loss_config import LossConfig

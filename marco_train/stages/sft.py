@@ -30,8 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, DatasetConfig, LoraConfig, ModelConfig, StageConfig, TrainingConfig, at_least, checked
-from ..data.user_data import check_dataset_config
+from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig, at_least, checked
+from ..data.user_data import DatasetConfig, check_dataset_config
 from ..models import load_tokenizer, model_dir
 from ..tasks import check_task_or_recorded, get_task
 
