@@ -79,7 +79,8 @@ class StageConfig:
 
 
 def path_field(default: Any = MISSING, check: Optional[Callable[[Any, Any], Optional[str]]] = None, **kw):
-    """A config field naming a file or directory: its *content* goes into the stage fingerprint."""
+    """A config field naming a file or directory (or a hub id): its *content* (a hub id: its cached revision)
+    goes into the stage fingerprint, unless the stage's `unread_keys` says this config does not read it."""
     return field(default=default, metadata={"input_path": True, "check": check}, **kw)
 
 
@@ -87,7 +88,7 @@ def path_field(default: Any = MISSING, check: Optional[Callable[[Any, Any], Opti
 class ModelConfig:
     # Hub name (e.g. Qwen/Qwen2.5-7B-Instruct) or local directory; empty = the `model` input's directory.
     # Offline (HF_HUB_OFFLINE=1), a hub name must be in the local cache (checked at plan time).
-    name_or_path: str = checked("", hub_model_check)
+    name_or_path: str = path_field("", hub_model_check)
     dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | fp32 | bf16 | fp16
     attn_implementation: str = "auto"  # auto (flash_attention_2 if installed on CUDA, else sdpa) | sdpa | eager | ...
     trust_remote_code: bool = False
@@ -113,7 +114,7 @@ class TrainingConfig:
     # When the stage finishes its checkpoints keep only weights and trainer_state.json: the optimizer, scheduler
     # and RNG state (at 7B under ZeRO-3 ~100 GB a checkpoint) and training_args.bin go. true keeps them.
     keep_optimizer_state: bool = False
-    deepspeed: Optional[str] = None  # path to a DeepSpeed JSON (configs/deepspeed/zero3.json)
+    deepspeed: Optional[str] = path_field(None)  # path to a DeepSpeed JSON (configs/deepspeed/zero3.json)
 
 
 @dataclass
@@ -376,13 +377,19 @@ def validate(schema: type, node: Any, prefix: str, source: Source, label: str = 
 
 
 def input_path_keys(schema: type, prefix: str = "") -> List[str]:
-    """Dotted keys of fields declared with `path_field` (recursing into nested dataclasses)."""
+    """Dotted keys of fields declared with `path_field` (recursing into nested dataclasses, also when the
+    schema's module uses `from __future__ import annotations`, where field types are strings)."""
+    try:
+        hints = typing.get_type_hints(schema)
+    except (NameError, TypeError):
+        hints = {}
     keys = []
     for f in dataclasses.fields(schema):
+        kind = hints.get(f.name, f.type)
         if f.metadata.get("input_path"):
             keys.append(prefix + f.name)
-        elif isinstance(f.type, type) and dataclasses.is_dataclass(f.type):
-            keys.extend(input_path_keys(f.type, prefix + f.name + "."))
+        elif isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            keys.extend(input_path_keys(kind, prefix + f.name + "."))
     return keys
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, List, Sequence
 
@@ -113,20 +114,76 @@ def repair_jsonl_tail(path: str | os.PathLike) -> int:
     return len(data) - keep
 
 
-def hash_path(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, or of a directory's relative paths and file bytes (sorted; hidden files skipped)."""
-    path = Path(path)
+class HashCache:
+    """Content hashes (and other facts derived from a file's bytes) reused while the file's inode, size, mtime_ns
+    and ctime_ns are unchanged, so a 16 GB checkpoint is not re-read on every plan. Stored as JSON at `path`
+    (the pipeline uses <runs_dir>/_cache/content_hashes.json); None keeps it in memory only.
+
+    Trusted: that a file's bytes do not change without one of those four changing. The kernel sets ctime on
+    every write and nothing can set it back, so this holds on local and NFS file systems; a file modified
+    within RACY_SECONDS of being hashed is not stored (a coarse clock could give the next write the same times).
+    """
+
+    RACY_SECONDS = 2.0
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else None
+        self.entries: dict = {}
+        self.dirty = False
+        if self.path and self.path.is_file():
+            try:
+                loaded = json.loads(self.path.read_text())
+                self.entries = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                self.entries = {}  # a damaged cache is only a slower plan
+
+    @staticmethod
+    def _stamp(st: os.stat_result) -> list:
+        return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+    def get(self, kind: str, file: Path, st: os.stat_result) -> Any:
+        entry = self.entries.get(f"{kind}:{file}")
+        return entry["value"] if entry and entry.get("stat") == self._stamp(st) else None
+
+    def put(self, kind: str, file: Path, st: os.stat_result, value: Any) -> None:
+        if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < self.RACY_SECONDS * 1e9:
+            return
+        self.entries[f"{kind}:{file}"] = {"stat": self._stamp(st), "value": value}
+        self.dirty = True
+
+    def save(self) -> None:
+        if self.path and self.dirty:
+            try:
+                atomic_write_json(self.path, self.entries)
+                self.dirty = False
+            except OSError:
+                pass  # read-only runs dir: the next plan re-hashes
+
+
+def _file_sha256(path: Path, cache: "HashCache | None") -> str:
+    st = path.stat()
+    known = cache.get("sha256", path, st) if cache else None
+    if known:
+        return known
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    for p in files:
-        if p != path:
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if cache:
+        cache.put("sha256", path, st, h.hexdigest())
+    return h.hexdigest()
+
+
+def hash_path(path: str | os.PathLike, cache: "HashCache | None" = None) -> str:
+    """sha256 of a file's bytes; of a directory: of its files' relative paths and sha256s (sorted; hidden files
+    and directories skipped). `cache` reuses the per-file sha256s of unchanged files (see HashCache)."""
+    path = Path(path).resolve()
+    if path.is_file():
+        return _file_sha256(path, cache)
+    h = hashlib.sha256()
+    for p in sorted(p for p in path.rglob("*")
+                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)):
+        h.update(f"{p.relative_to(path)}\0{_file_sha256(p, cache)}\0".encode())
     return h.hexdigest()
 
 

@@ -1,23 +1,20 @@
 """The stage DAG: validate a pipeline config, fingerprint every stage instance, plan, and run.
 
 A stage instance writes `runs/<experiment>/<name>-<fingerprint>/` and, last and atomically, `_DONE.json`.
-fingerprint = hash(stage kind + its code version + its resolved config minus RUNTIME_KEYS + the global
-seed + content hashes of the files its `path_field` keys name + the fingerprints of its upstream stages).
-So a changed key or input byte re-runs that stage and everything downstream; runtime-only keys re-run nothing.
+fingerprint = hash(stage kind + the global seed + its resolved config minus RUNTIME_KEYS and the keys it does
+not read + the content of the local paths its `path_field` keys name + the hash of its code's import closure
+and the versions of the libraries that closure imports + the fingerprints of its upstream stages); see
+fingerprint.py. So a changed key, input byte or line of code re-runs that stage and everything downstream;
+runtime-only keys re-run nothing.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import graphlib
 import importlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +23,19 @@ from typing import Any, Dict, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from . import dist
-from .config import ConfigError, PipelineConfig, StageError, input_path_keys, load_raw, to_yaml, validate
+from .config import ConfigError, PipelineConfig, StageError, load_raw, to_yaml, validate
 from .faults import fault_point
-from .io import atomic_write_json, atomic_write_text, hash_json, hash_path
+from .fingerprint import (
+    UNPINNED,
+    Fingerprinter,
+    changes,
+    environment_fingerprints,
+    fingerprint_of,
+    flatten,
+    local_content_changed,
+)
+from .io import atomic_write_json, atomic_write_text, hash_json
+from .launch import LOCK_ENV, LOCK_FILE, StageLock, run_subprocess
 from .stages import check_inputs, unknown_upstream
 
 # Stage kind -> module; what a stage module defines: marco_train/stages/__init__.py.
@@ -47,8 +54,6 @@ STAGE_MODULES = {
 # (results may differ in float rounding; see README "Determinism").
 RUNTIME_KEYS = ("nproc_per_node", "nnodes", "log_every", "dist_timeout_s")
 DONE_FILE = "_DONE.json"
-LOCK_FILE = ".lock"
-LOCK_ENV = "MARCO_LOCK_HELD"
 
 
 @dataclass
@@ -64,7 +69,29 @@ class StageInstance:
 
     @property
     def done(self) -> bool:
-        return (self.out_dir / DONE_FILE).exists()
+        return read_done(self.out_dir) is not None
+
+
+_warned: set = set()
+
+
+def read_done(out_dir: Path) -> Optional[Dict[str, Any]]:
+    """The stage's _DONE.json record, or None when it is missing or unreadable (a damaged one is reported once
+    and counts as not done, so the stage runs again)."""
+    path = out_dir / DONE_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        problem = "" if isinstance(record, dict) else f"not a finished-stage record (a {type(record).__name__})"
+    except (OSError, ValueError) as e:
+        record, problem = None, f"not valid JSON ({e})"
+    if problem:
+        if str(path) not in _warned:
+            _warned.add(str(path))
+            dist.log(f"warning: {path}: {problem}; the stage counts as not done and runs again")
+        return None
+    return record
 
 
 @dataclass
@@ -73,6 +100,7 @@ class Plan:
     overrides: List[str]
     root: DictConfig
     stages: Dict[str, StageInstance]  # topological order
+    fingerprinter: Any = None
 
     @property
     def experiment_dir(self) -> Path:
@@ -123,17 +151,6 @@ def stage_module(kind: str, where: str):
         raise
 
 
-def _drop_runtime(container: Dict[str, Any], runtime: tuple) -> Dict[str, Any]:
-    return {k: v for k, v in container.items() if k not in runtime}
-
-
-def _file_hash(value: str) -> str:
-    """Content hash of a local file/dir; a hub name (not on disk) is identified by the name already in the config."""
-    if value and Path(value).exists():
-        return hash_path(value)
-    return "not-a-local-path"
-
-
 def build_plan(config_file: str, overrides: List[str] = ()) -> Plan:
     raw, source = load_raw(config_file, list(overrides))
     stages_raw = raw.get("stages") or {}
@@ -164,20 +181,38 @@ def build_plan(config_file: str, overrides: List[str] = ()) -> Plan:
     except graphlib.CycleError as e:
         raise ConfigError(f"{config_file}: stage inputs form a cycle: {' -> '.join(e.args[1])}") from None
     plan = Plan(config_file, list(overrides), root, {n: instances[n] for n in order})
+    plan.fingerprinter = Fingerprinter(root.runs_dir)
+    planned = environment_fingerprints()  # set when a parent runner launched us under torchrun
     for s in plan.stages.values():
-        runtime = RUNTIME_KEYS + tuple(getattr(s.module, "EXTRA_RUNTIME_KEYS", ()))
-        container = OmegaConf.to_container(s.cfg, resolve=True)
-        s.fingerprint_inputs = {
-            "kind": s.kind,
-            "code_version": s.module.CODE_VERSION,
-            "seed": root.seed,
-            "config": _drop_runtime(container, runtime),
-            "files": {k: _file_hash(OmegaConf.select(s.cfg, k) or "") for k in input_path_keys(s.module.Config)},
-            "upstream": {k: plan.stages[v].fingerprint for k, v in sorted(s.inputs.items())},
-        }
-        s.fingerprint = hash_json(s.fingerprint_inputs)[:12]
+        s.fingerprint_inputs = stage_inputs(plan, s, plan.fingerprinter)
+        s.fingerprint = planned.get(s.name) or fingerprint_of(s.fingerprint_inputs)
         s.out_dir = plan.experiment_dir / f"{s.name}-{s.fingerprint}"
+    plan.fingerprinter.save()
     return plan
+
+
+def stage_inputs(plan: Plan, s: StageInstance, fingerprinter: Fingerprinter) -> Dict[str, Any]:
+    runtime = RUNTIME_KEYS + tuple(getattr(s.module, "EXTRA_RUNTIME_KEYS", ()))
+    upstream = {k: plan.stages[v].fingerprint for k, v in s.inputs.items()}
+    return fingerprinter.inputs(s, plan.root.seed, runtime, upstream)
+
+
+def replan(plan: Plan, s: StageInstance) -> None:
+    """Just before `s` runs: fingerprint it again. Other code or local input bytes than were planned stop the
+    run (their result must not go under the planned fingerprint); a hub revision that appeared in the cache
+    meanwhile, or a re-planned upstream, moves the stage to its new directory."""
+    fingerprinter = plan.fingerprinter.fresh()
+    now = stage_inputs(plan, s, fingerprinter)
+    fingerprinter.save()
+    changed = local_content_changed(s.fingerprint_inputs, now)
+    if changed:
+        raise StageError(f"stage '{s.name}': {'; '.join(changed)} since this run was planned; run the "
+                         f"pipeline again (finished stages stay cached)")
+    if fingerprint_of(now) != s.fingerprint:
+        why = "; ".join(changes(s.fingerprint_inputs, now, {}))
+        s.fingerprint_inputs, s.fingerprint = now, fingerprint_of(now)
+        s.out_dir = plan.experiment_dir / f"{s.name}-{s.fingerprint}"
+        dist.log(f"{s.name}: re-planned ({why}) -> {s.out_dir.name}")
 
 
 def equivalent_stages(plan: Plan) -> List[List[str]]:
@@ -198,40 +233,39 @@ def equivalent_stages(plan: Plan) -> List[List[str]]:
 # ----------------------------------------------------------------------------------------------- explain
 
 
-def _flatten(obj: Any, prefix: str = "") -> Dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj}
-
-
 def _previous_run(plan: Plan, s: StageInstance) -> Optional[Path]:
-    done = [p for p in plan.experiment_dir.glob(f"{s.name}-*") if p != s.out_dir and (p / DONE_FILE).exists()]
+    done = [p for p in plan.experiment_dir.glob(f"{s.name}-*") if p != s.out_dir and read_done(p) is not None]
     return max(done, key=lambda p: (p / DONE_FILE).stat().st_mtime) if done else None
 
 
 def why_run(plan: Plan, s: StageInstance) -> str:
     """A one-line reason this stage will run, diffing against its last finished run when there is one."""
+    if (s.out_dir / DONE_FILE).exists():
+        return f"its {DONE_FILE} is unreadable: runs again"
     if s.out_dir.exists():
         return "started before but not finished: resumes" if getattr(s.module, "RESUMABLE", False) \
             else "started before but not finished: redone"
     prev = _previous_run(plan, s)
     if prev is None:
         return "never run"
-    old = _flatten(json.loads((prev / DONE_FILE).read_text()).get("fingerprint_inputs", {}))
-    new = _flatten(s.fingerprint_inputs)
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            if key.startswith("upstream."):
-                changed.append(f"upstream {plan.stages[s.inputs[key.split('.', 1)[1]]].name} changed")
-            elif key.startswith("files."):
-                changed.append(f"content of {key[6:]} changed")
-            else:
-                changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return "changed since " + prev.name + ": " + "; ".join(changed or ["code version"])
+    names = {k: plan.stages[v].name for k, v in s.inputs.items()}
+    changed = changes(read_done(prev).get("fingerprint_inputs", {}), s.fingerprint_inputs, names)
+    return "changed since " + prev.name + ": " + "; ".join(changed or ["nothing recorded differs"])
+
+
+def missing_upstream(plan: Plan, s: StageInstance) -> Optional[str]:
+    """Why `s` cannot run yet (an upstream stage not finished, or finished with its output gone), or None."""
+    for input_name, upstream in s.inputs.items():
+        u = plan.stages[upstream]
+        if not u.done:
+            return (f"stage '{s.name}' needs '{upstream}' finished first: run "
+                    f"`launchers/pipeline.py --config {plan.config_file} --until {s.name}`")
+        gone = [o for o in getattr(s.module, "READS", {}).get(input_name, ()) if not (u.out_dir / o).exists()]
+        if gone:
+            return (f"stage '{s.name}' needs {u.out_dir / gone[0]} from stage '{upstream}', which is marked done "
+                    f"({DONE_FILE}) but that output is gone; re-run it: `launchers/pipeline.py --config "
+                    f"{plan.config_file} --force {upstream}`")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- run
@@ -253,36 +287,6 @@ class StageContext:
         dist.log(f"{self.name}: {msg}")
 
 
-class StageLock:
-    """An flock on <stage dir>/.lock: a second runner on the same stage fails at once; a kill releases it."""
-
-    def __init__(self, out_dir: Path):
-        self.path = out_dir / LOCK_FILE
-        self.fd: Optional[int] = None
-
-    def __enter__(self):
-        if os.environ.get(LOCK_ENV) == str(self.path.parent.resolve()):
-            return self  # our parent runner holds it and launched us under torchrun
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip()
-            os.close(self.fd)
-            self.fd = None
-            raise StageError(f"{self.path.parent}: another run (pid {holder or '?'}) is working in this stage "
-                             f"directory; wait for it or stop it") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
 def _clear(directory: Path, keep: tuple) -> None:
     for child in directory.iterdir():
         if child.name not in keep:
@@ -294,21 +298,26 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
     from .tracking import Tracker
 
     dist.init(s.cfg.dist_timeout_s)
-    for upstream in s.inputs.values():
-        if not plan.stages[upstream].done:
-            raise StageError(f"stage '{s.name}' needs '{upstream}' finished first: run "
-                             f"`launchers/pipeline.py --config {plan.config_file} --until {s.name}`")
+    planned_dir = os.environ.get(LOCK_ENV)
+    if planned_dir and Path(planned_dir).name.startswith(f"{s.name}-") and planned_dir != str(s.out_dir.resolve()):
+        raise StageError(f"stage '{s.name}': the runner planned {planned_dir} but this process fingerprints "
+                         f"{s.out_dir}: code or inputs changed while the stage was starting; run the pipeline "
+                         f"again")
+    problem = missing_upstream(plan, s)
+    if problem:
+        raise StageError(problem)
     lock = StageLock(s.out_dir)
     if dist.is_main():
         lock.__enter__()
     try:
         if dist.is_main() and force:
             _clear(s.out_dir, keep=(LOCK_FILE,))
-        done = dist.broadcast_object(dist.is_main() and (s.out_dir / DONE_FILE).exists())
+        done = dist.broadcast_object(read_done(s.out_dir) if dist.is_main() else None)
         if done:
             dist.log(f"{s.name}: cached ({s.out_dir})")
-            return json.loads((s.out_dir / DONE_FILE).read_text()).get("summary", {})
+            return done.get("summary", {})
         if dist.is_main():
+            (s.out_dir / DONE_FILE).unlink(missing_ok=True)  # a damaged one
             if not getattr(s.module, "RESUMABLE", False):
                 _clear(s.out_dir, keep=(LOCK_FILE, "wandb_run_id", "wandb"))  # a non-checkpointing stage is redone
             atomic_write_text(s.out_dir / "config.yaml", to_yaml(s.cfg))
@@ -324,7 +333,7 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
         dist.barrier()
         fault_point(s.name, "before_done", s.kind)
         if dist.is_main():
-            tracker.summary({k: v for k, v in _flatten(summary).items() if isinstance(v, (int, float))})
+            tracker.summary({k: v for k, v in flatten(summary).items() if isinstance(v, (int, float))})
             atomic_write_json(s.out_dir / DONE_FILE, {
                 "stage": s.name, "kind": s.kind, "fingerprint": s.fingerprint,
                 "fingerprint_inputs": s.fingerprint_inputs, "seconds": round(time.time() - started, 2),
@@ -334,35 +343,6 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
         return summary
     finally:
         lock.__exit__()
-
-
-def stage_command(plan: Plan, s: StageInstance, force: bool = False) -> List[str]:
-    launcher = Path(__file__).resolve().parent.parent / "launchers" / "stage.py"
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={s.cfg.nproc_per_node}",
-            str(launcher), "--config", plan.config_file, "--stage", s.name, *(["--force"] if force else []),
-            *plan.overrides]
-
-
-def run_subprocess(plan: Plan, s: StageInstance, force: bool = False) -> None:
-    """Run a stage under torchrun in its own process group; if this runner dies, the group dies with it."""
-    if s.cfg.nnodes != 1:
-        raise ConfigError(f"stage '{s.name}': nnodes={s.cfg.nnodes}: start multi-node stages on every node with "
-                          f"`torchrun --nnodes ... launchers/{s.kind}.py --config {plan.config_file} --stage {s.name}`")
-
-    def die_with_parent():
-        os.setpgrp()
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    env = dict(os.environ, **{LOCK_ENV: str(s.out_dir.resolve())})
-    proc = subprocess.Popen(stage_command(plan, s, force), env=env, preexec_fn=die_with_parent)
-    try:
-        code = proc.wait()
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
-        raise
-    if code != 0:
-        raise StageError(f"stage '{s.name}' failed under torchrun (exit code {code}); see its output above")
 
 
 def run_plan(plan: Plan, *, start: Optional[str] = None, until: Optional[str] = None, force: List[str] = (),
@@ -379,19 +359,34 @@ def run_plan(plan: Plan, *, start: Optional[str] = None, until: Optional[str] = 
     for name in scope:
         s = plan.stages[name]
         cached = s.done and name not in forced
+        if not dry_run and not cached:
+            replan(plan, s)
+            cached = s.done and name not in forced
         reason = "cached" if cached else ("forced" if name in forced else why_run(plan, s))
+        blocked = None if cached else missing_upstream(plan, s)
+        if blocked and "output is gone" in blocked:  # (not-yet-run upstreams are normal in a plan)
+            reason += f"; but it cannot: {blocked}"
+        unpinned = [f"{k} {v[4:]}" for k, v in s.fingerprint_inputs["files"].items() if v.endswith(f"({UNPINNED})")]
+        if unpinned and not cached:
+            reason += "; " + "; ".join(unpinned)
         dist.log(f"{'[dry-run] ' if dry_run else ''}{name:<14} {s.kind:<9} {s.fingerprint}  "
                  f"{'cached' if cached else 'RUN'}: {reason}")
         if dry_run:
             continue
         if cached:
-            results[name] = json.loads((s.out_dir / DONE_FILE).read_text()).get("summary", {})
+            results[name] = read_done(s.out_dir).get("summary", {})
             continue
+        problem = missing_upstream(plan, s)
+        if problem:
+            raise StageError(problem)
         if s.cfg.nproc_per_node > 1 or s.cfg.nnodes > 1:
             s.out_dir.mkdir(parents=True, exist_ok=True)
             with StageLock(s.out_dir):
                 run_subprocess(plan, s, force=name in forced)
-            results[name] = json.loads((s.out_dir / DONE_FILE).read_text()).get("summary", {})
+            done = read_done(s.out_dir)
+            if done is None:
+                raise StageError(f"stage '{s.name}' exited without writing {s.out_dir / DONE_FILE}")
+            results[name] = done.get("summary", {})
         else:
             results[name] = execute_stage(plan, s, force=name in forced)
     return results

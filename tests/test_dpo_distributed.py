@@ -97,7 +97,10 @@ def test_killed_after_a_checkpoint_resumes_to_the_same_weights(tmp_path):
 
     import json
 
-    assert json.loads((resumed_dir / "_DONE.json").read_text())["summary"]["prefix_sharing"]["on"] is False
+    summary = json.loads((resumed_dir / "_DONE.json").read_text())["summary"]
+    uninterrupted = json.loads((straight_dir / "_DONE.json").read_text())["summary"]
+    assert summary["prefix_sharing"]["on"] is False and summary["resumed_from"] == "checkpoint-2"
+    assert summary["train_loss"] == pytest.approx(uninterrupted["train_loss"], abs=1e-6)  # all 4 steps, not 3-4
     want, got = weights(straight_dir), weights(resumed_dir)
     for name, p in want.items():
         assert (p - got[name]).abs().max().item() <= 1e-6, name

@@ -150,3 +150,32 @@ def test_a_non_finite_loss_stops_training_with_the_step(tmp_path, toy_tokenizer)
         trainer.train()
     grad_norm = logged[-1][1]["grad_norm"]
     assert grad_norm != grad_norm and trainer.state.global_step == logged[-1][0] < 4  # NaN logged, then stopped
+
+
+def test_train_loss_after_a_resume_is_the_whole_runs_mean(tmp_path, toy_tokenizer):
+    """TrainOutput.training_loss after resume_from_checkpoint averages only the steps after the checkpoint; the
+    stage's summary (run_train_loss) must equal the uninterrupted run's. log_every=3 with checkpoints at steps 2
+    and 4: the checkpoint steps are logged anyway, so the restored log history covers every step before them."""
+    import shutil
+
+    from marco_train.train.common import TrackerCallback, run_train_loss
+
+    ctx = types.SimpleNamespace(name="sft", kind="sft", tracker=types.SimpleNamespace(log=lambda m, step: None))
+    cfg = sft_cfg()
+    cfg.training.per_device_batch_size, cfg.training.max_steps, cfg.training.save_steps = 1, 5, 2
+    data = tokenize_sft(ROWS, toy_tokenizer, get_task("toy"), 256)
+
+    def trainer(out):
+        return build_trainer(cfg, str(TOY_CHECKPOINT), data, toy_tokenizer, out, seed=0, log_every=3,
+                             callbacks=[TrackerCallback(ctx)])
+
+    straight = trainer(tmp_path / "a")
+    whole = straight.train()
+    assert [e["step"] for e in straight.state.log_history if "loss" in e] == [2, 3, 4, 5]  # 2, 4: checkpoints
+    assert run_train_loss(straight, whole, None) == whole.training_loss
+    checkpoint = tmp_path / "b" / "checkpoints" / "checkpoint-2"
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "checkpoint-2", checkpoint)  # what a kill after it leaves
+    resumed = trainer(tmp_path / "b")
+    rest = resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert abs(rest.training_loss - whole.training_loss) > 1e-3  # the Trainer's own figure: steps 3-5 only
+    assert run_train_loss(resumed, rest, str(checkpoint)) == pytest.approx(whole.training_loss, abs=1e-6)

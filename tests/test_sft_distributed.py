@@ -86,7 +86,10 @@ def test_killed_after_a_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path
     pipeline(CONFIG, f"runs_dir={broken}", flags=["--until", "sft"], env=ONE_THREAD)
     out = stage_dir(broken, "sft")
     assert out.name == stage_dir(straight, "sft").name  # same fingerprint, same directory name
-    assert json.loads((out / "_DONE.json").read_text())["summary"]["resumed_from"] == "checkpoint-4"
+    summary = json.loads((out / "_DONE.json").read_text())["summary"]
+    uninterrupted = json.loads((stage_dir(straight, "sft") / "_DONE.json").read_text())["summary"]
+    assert summary["resumed_from"] == "checkpoint-4" and uninterrupted["resumed_from"] is None
+    assert summary["train_loss"] == pytest.approx(uninterrupted["train_loss"], abs=1e-6)  # all 6 steps, not 5-6
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 6]  # lines after the checkpoint were dropped, then logged again
     a, b = weights(stage_dir(straight, "sft") / "model"), weights(out / "model")

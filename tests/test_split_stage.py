@@ -157,3 +157,25 @@ def test_pair_and_sft_sets_with_missing_fields_name_file_line_and_field(tmp_path
     (tmp_path / "sft.jsonl").write_text(json.dumps({"id": "q/1", "question": "Compute 1 + 2."}) + "\n")
     with pytest.raises(DataError, match=r"sft.jsonl:1: missing field 'response'"):
         load_sft(tmp_path / "sft.jsonl")
+
+
+@pytest.mark.parametrize("trees", ["empty.jsonl", "demo_q2.json"])
+def test_an_empty_sft_or_pair_set_fails_the_split_and_marks_nothing_done(tmp_path, trees):
+    """No trees, or a search that solved nothing: the split fails with the reason, and neither a data set the
+    trainers cannot load nor a _DONE.json is left behind (so sft/dpo never start on it)."""
+    source = tmp_path / trees
+    if trees == "empty.jsonl":
+        source.write_text("")
+    else:
+        source.write_text((AUTHORS / trees).read_text())  # one query, its only scored path wrong
+    runs = tmp_path / "runs"
+    proc = pipeline(CONFIG, f"runs_dir={runs}", f"stages.split.trees_dir={source}", check=False)
+    assert proc.returncode != 0
+    (split_dir,) = (runs / "split_sft_test").glob("split-*")
+    dropped = "no queries" if trees == "empty.jsonl" else "{'no_correct_path': 1}"
+    trees_count = 0 if trees == "empty.jsonl" else 1
+    assert (f"DataError: stages.split: no SFT rows ({dropped} dropped) and no DPO pairs ({dropped} dropped) from "
+            f"{trees_count} trees in {source}; the search must solve some queries") in proc.stderr
+    assert not (split_dir / "_DONE.json").exists() and not (split_dir / "sft").exists()
+    assert json.loads((split_dir / "summary.json").read_text())["sft"]["rows"] == 0  # the counts, for the reason
+    assert not list((runs / "split_sft_test").glob("sft-*"))

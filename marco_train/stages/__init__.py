@@ -2,7 +2,11 @@
 
 A stage module reads top to bottom: its docstring (inputs, outputs, why), `Config` (a StageConfig subclass),
 the plan-time checks (`check_config(cfg, prefix, where)`, optional), then `run(ctx) -> summary dict`. It also
-defines KIND, CODE_VERSION and INPUTS, optionally RESUMABLE, EXTRA_RUNTIME_KEYS and canonical_config(dict).
+defines KIND and INPUTS, optionally RESUMABLE, EXTRA_RUNTIME_KEYS, canonical_config(dict), READS ({input name:
+paths it reads in that upstream stage's directory}: a finished upstream missing one stops the stage before it
+runs, naming it and the --force to run) and `unread_keys(cfg)` (keys this config does not read, kept out of the
+fingerprint). Its code is fingerprinted by
+hashing its import closure (marco_train/code_hash.py), so there is no version constant to bump.
 
 INPUTS = {input name: None (required) or the config key that may stand in for it}, e.g.
 {"data": None, "model": "model.name_or_path"}; a tuple of names means all of them required. The planner checks

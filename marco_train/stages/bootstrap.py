@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..config import StageConfig, at_least, path_field
@@ -21,7 +21,6 @@ from ..models import model_dir
 from ..toy import RECORD_FILE
 
 KIND = "bootstrap"
-CODE_VERSION = 1
 INPUTS = ()
 
 
@@ -47,6 +46,15 @@ class Config(StageConfig):
     snapshot_every: int = at_least(0, default=0)
     eval_problems: int = at_least(0, default=200, hint="0 = all")
     max_new_tokens: int = at_least(1, default=256)
+
+
+def unread_keys(cfg) -> tuple:
+    """Keys this config does not read, kept out of the fingerprint: a copy reads only `checkpoint`; a retrain
+    never reads it."""
+    if cfg.retrain:
+        return ("checkpoint",)
+    own = {f.name for f in fields(StageConfig)} | {"retrain", "checkpoint"}
+    return tuple(f.name for f in fields(Config) if f.name not in own)
 
 
 def run(ctx) -> dict:

@@ -15,7 +15,8 @@ prefix only by moving it into the prompt, and cannot share the prefix computatio
 
 Reference: `reference.mode=cached` (default) computes the reference log-probs once, before the policy is loaded,
 and stores them under <experiment dir>/_cache/reference_logps/<key>.safetensors, key = content hash of the
-reference weights + the tokenized pairs (so ablation variants with other β/ε/α share it); `model` keeps a frozen
+reference weights + the tokenized pairs + the code computing them (so ablation variants with other β/ε/α share
+it, and a code edit recomputes it); `model` keeps a frozen
 copy and runs it every step (under ZeRO-3 it is sharded like the policy, via TRL's prepare_deepspeed). The
 reference is the starting checkpoint unless reference.name_or_path says otherwise; with LoRA it is the base
 model with the adapters off. The pieces: train/dpo_trainer.py (the Trainer), train/reference_cache.py,
@@ -46,9 +47,9 @@ from ..tasks import check_task_or_recorded, get_task
 from ..train.loss_config import LossConfig
 
 KIND = "dpo"
-CODE_VERSION = 1
 INPUTS = {"data": "dataset.name_or_path", "model": "model.name_or_path"}
 RESUMABLE = True
+READS = {"data": ("pairs",), "model": ("model",)}  # what it reads in each input's directory
 # Same math either way (float rounding aside): how to compute, not what.
 EXTRA_RUNTIME_KEYS = ("prefix_sharing", "logprob_chunk_size", "reference_cache_dir")
 
@@ -139,6 +140,7 @@ def run(ctx) -> dict:
         checkpoint_step,
         finish_checkpoints,
         last_checkpoint,
+        run_train_loss,
         save_final,
         training_arguments,
     )
@@ -197,7 +199,8 @@ def run(ctx) -> dict:
     runtime = result.metrics.get("train_runtime", 0.0)
     epochs = result.metrics.get("epoch", 1.0)
     ctx.log(f"trained {result.global_step} steps in {runtime:.1f} s; model -> {out}")
-    return {"pairs": asdict(stats), "steps": result.global_step, "train_loss": result.training_loss,
+    return {"pairs": asdict(stats), "steps": result.global_step, "train_loss": run_train_loss(trainer, result, resume),
+            "resumed_from": Path(resume).name if resume else None,
             "train_runtime": runtime, "tokens_per_second": round(tokens * epochs / runtime, 1) if runtime else None,
             "prefix_sharing": {"on": share, "why": why}, "reference": cfg.reference.mode,
             "seconds": round(time.time() - started, 1)}

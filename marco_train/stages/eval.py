@@ -28,9 +28,9 @@ from ..models import model_dir
 from ..tasks import check_problems_source, check_task, get_task
 
 KIND = "eval"
-CODE_VERSION = 2
 INPUTS = {"model": "model.name_or_path"}  # the checkpoint to evaluate
 EXTRA_RUNTIME_KEYS = ("variant", "engine_options")
+READS = {"model": ("model",)}  # what it reads in its input's directory (checked before it runs)
 
 
 @dataclass

@@ -30,9 +30,9 @@ from ..models import model_dir
 from ..tasks import check_problems_source, check_task, get_task
 
 KIND = "mcts"
-CODE_VERSION = 2
 INPUTS = {"model": "model.name_or_path"}  # the policy checkpoint
 RESUMABLE = True
+READS = {"model": ("model",)}  # what it reads in each input's directory (checked before it runs)
 # How the work is batched, not what is searched (float rounding aside; see mcts_data/README.md).
 EXTRA_RUNTIME_KEYS = ("trees_in_flight", "max_batch_rows", "prefix_cache_mb", "engine_options")
 REWARDS = ("verified", "confidence", "mixed")

@@ -36,9 +36,9 @@ from ..models import load_tokenizer, model_dir
 from ..tasks import check_task_or_recorded, get_task
 
 KIND = "sft"
-CODE_VERSION = 1
 INPUTS = {"data": "dataset.name_or_path", "model": "model.name_or_path"}
 RESUMABLE = True
+READS = {"data": ("sft", "summary.json"), "model": ("model",)}  # what it reads in each input's directory
 
 
 @dataclass
@@ -80,7 +80,14 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
 def run(ctx) -> dict:
     from ..data.user_data import stage_rows, system_prompts
     from ..prompts import row_messages
-    from ..train.common import TrackerCallback, checkpoint_step, finish_checkpoints, last_checkpoint, save_final
+    from ..train.common import (
+        TrackerCallback,
+        checkpoint_step,
+        finish_checkpoints,
+        last_checkpoint,
+        run_train_loss,
+        save_final,
+    )
     from ..train.model_card import model_card
     from ..train.sft_trainer import build_trainer, tokenize_sft
 
@@ -108,7 +115,8 @@ def run(ctx) -> dict:
     final = save_final(trainer, tokenizer, ctx.out_dir, merge_onto=model_path if merge else None, model_cfg=cfg.model,
                        card=card)
     freed = finish_checkpoints(ctx.out_dir, cfg.training.keep_optimizer_state)
-    ctx.log(f"saved {final} after {trainer.state.global_step} steps (train loss {result.training_loss:.4f})"
+    loss = run_train_loss(trainer, result, resume)
+    ctx.log(f"saved {final} after {trainer.state.global_step} steps (train loss {loss:.4f})"
             + (f"; {freed / 2**20:.1f} MiB of optimizer state removed from checkpoints/" if freed else ""))
-    return {"samples": len(rows), "steps": trainer.state.global_step, "train_loss": result.training_loss,
+    return {"samples": len(rows), "steps": trainer.state.global_step, "train_loss": loss,
             "resumed_from": Path(resume).name if resume else None, "model": str(final)}

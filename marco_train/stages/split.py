@@ -16,7 +16,8 @@ Writes <dir>/sft and <dir>/pairs (datasets.save_to_disk; schema in marco_train/d
 mcts_data/README.md), summary.json (counts, drops by reason, length stats per tercile, diagnostics of the
 trees: data/diagnostics.py), lengths.png and confidence.png; and the same rows in TRL's and LLaMA-Factory's
 formats under <dir>/export (data/export.py). The work is light (tokenising text), so rank 0 does it and the
-other ranks wait.
+other ranks wait. An empty SFT or pair set (the search solved nothing, or no trees) fails the
+stage with the reason: no data set and no _DONE.json are written.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from ..prompts import prompt_ids, response_ids
 from ..tasks import check_task, get_task
 
 KIND = "split"
-CODE_VERSION = 2
 INPUTS = {"trees": "trees_dir", "model": "model.name_or_path"}  # the model: its tokenizer measures lengths
+READS = {"trees": ("trees",), "model": ("model",)}  # what it reads in each input's directory
 FORMATS = ("auto", "ours", "authors")
 
 
@@ -107,14 +108,15 @@ def run(ctx) -> dict:
         task = get_task(cfg.task)
         out = build_split(trees, tokenizer, task, cfg, ctx.root.seed)
         diag = tree_diagnostics(trees, process_checker(task, cfg.process_check))
-        save_rows(out["sft"], SFT_COLUMNS, ctx.out_dir / "sft")
-        save_rows(out["pairs"], PAIR_COLUMNS, ctx.out_dir / "pairs")
-        export_split(out["sft"], out["pairs"], task, ctx.out_dir, cfg.export_format, f"marco_{cfg.task}")
         plot_lengths(out["lengths"], ctx.out_dir / "lengths.png", cfg.tercile_mode)
         plot_confidence(diag, ctx.out_dir / "confidence.png")
         summary = {"task": cfg.task, "format": fmt, "source": str(source), "tokenizer": str(tokenizer_path),
                    **out["summary"], "diagnostics": for_summary(diag)}
         atomic_write_json(ctx.out_dir / "summary.json", summary)
+        refuse_empty(ctx.name, summary, ctx.out_dir / "summary.json")
+        save_rows(out["sft"], SFT_COLUMNS, ctx.out_dir / "sft")
+        save_rows(out["pairs"], PAIR_COLUMNS, ctx.out_dir / "pairs")
+        export_split(out["sft"], out["pairs"], task, ctx.out_dir, cfg.export_format, f"marco_{cfg.task}")
         process = summary["process_check"]
         ctx.tracker.log({"split/sft_rows": len(out["sft"]), "split/pairs": len(out["pairs"]),
                          "split/trees": len(trees), "split/process_failed": process["failed"],
@@ -127,6 +129,17 @@ def run(ctx) -> dict:
                 f"{summary['sft']['dropped'] or 'none'}, (pairs) {summary['pairs']['dropped'] or 'none'}")
         ctx.log(diagnostics_line(summary["diagnostics"]))
     return dist.broadcast_object(summary)
+
+
+def refuse_empty(name: str, summary: dict, summary_path: Path) -> None:
+    """An empty SFT or pair set is no result: the stage fails with the reason (and writes no _DONE.json) instead
+    of saving a data set the trainers cannot load."""
+    empty = [f"no {what} ({summary[key]['dropped'] or 'no queries'} dropped)" for key, what in
+             (("sft", "SFT rows"), ("pairs", "DPO pairs")) if not summary[key]["rows"]]
+    if empty:
+        raise DataError(f"stages.{name}: {' and '.join(empty)} from {summary['trees']} trees in {summary['source']}; "
+                        f"the search must solve some queries (and miss on some, for pairs): search more problems "
+                        f"or iterations, or check the task's answers (counts in {summary_path})")
 
 
 def tree_files(source: Path, fmt: str):

@@ -7,7 +7,8 @@
 - the Trainer's own W&B integration is off (`report_to=[]`); `TrackerCallback` forwards its logs to our
   tracker (the one owner of the run). After each checkpoint it waits for every rank, then rank 0 writes
   `COMPLETE` into the checkpoint directory (a kill mid-save leaves a checkpoint without it, which
-  `last_checkpoint` skips), then the `after_checkpoint` fault point fires, then rank 0 deletes the checkpoints
+  `last_checkpoint` skips), then the `after_checkpoint` fault point fires (every checkpoint step is also a logging step,
+  so `run_train_loss` can give the whole run's mean loss after a resume), then rank 0 deletes the checkpoints
   older than the newest `training.save_total_limit` complete ones (the HF Trainer's own rotation would delete
   them before the new one is marked complete, so a kill there could leave none to resume from);
 - the LoRA setup (`peft_config`, `apply_lora`), the final save (`save_final`: weights, tokenizer, model card, no
@@ -171,6 +172,10 @@ class TrackerCallback(TrainerCallback):
                                              f"training.learning_rate or check the data (the last complete "
                                              f"checkpoint is kept)")
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:  # log at every checkpoint step: its saved log history then has every step's loss
+            control.should_log = True
+
     def on_save(self, args, state, control, **kwargs):
         dist.barrier()
         if dist.is_main():
@@ -180,6 +185,23 @@ class TrackerCallback(TrainerCallback):
         fault_point(self.ctx.name, "after_checkpoint", self.ctx.kind)
         if dist.is_main():
             rotate_checkpoints(Path(args.output_dir).parent, self.save_total_limit)
+
+
+def run_train_loss(trainer, result, resumed_from: Optional[str]) -> float:
+    """The mean training loss over all of the run's steps, also after a resume: TrainOutput.training_loss
+    averages only the steps of this train() call, so the steps up to the checkpoint come from the log history
+    restored with it (each logged loss times the steps it covers; every checkpoint step is a logging step)."""
+    start, covered, before = checkpoint_step(resumed_from) if resumed_from else 0, 0, 0.0
+    for entry in trainer.state.log_history:
+        if "loss" in entry and covered < entry["step"] <= start:
+            before += entry["loss"] * (entry["step"] - covered)
+            covered = entry["step"]
+    if covered != start:
+        raise RuntimeError(f"{resumed_from}: its log history covers steps up to {covered}, not {start}; the loss "
+                           f"before the resume is unknown (a checkpoint written before every checkpoint step was "
+                           f"logged); re-run the stage with --force")
+    steps = trainer.state.global_step
+    return (before + result.training_loss * (steps - start)) / max(steps, 1)
 
 
 def peft_config(lora: LoraConfig) -> PeftLoraConfig:

@@ -1,8 +1,11 @@
 """The dpo stage's cached reference: the reference model's log-prob segment sums, computed once and kept on disk.
 
-<cache dir>/<key>.safetensors, key = content hash of the reference weights (or its hub name) + dtype +
-attention + the tokenized pairs + CACHE_VERSION, so ablation variants with other β/ε/α share one file. The pairs
-are sharded over ranks; rank 0 writes the table to a temporary file and renames it (a kill leaves no torn cache).
+<cache dir>/<key>.safetensors, key = content hash of the reference weights (a hub name: pinned to its cached
+revision) + dtype + attention + the tokenized pairs + the hash of the code that computes the values (this
+module's import closure: the log-prob, prefix-sharing and collation code, and the torch/transformers versions;
+code_hash.py), so ablation variants with other β/ε/α share one file and an edit to that code never serves old
+values. The pairs are sharded over ranks; rank 0 writes the table to a temporary file and renames it (a kill
+leaves no torn cache).
 """
 
 from __future__ import annotations
@@ -13,22 +16,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import dist
-from ..io import hash_json, hash_path
+from ..code_hash import CodeIndex, code_digest
+from ..fingerprint import hash_cache, input_identity
+from ..io import hash_json
 from ..models import load_model, resolve_attention, resolve_dtype
 from .dpo_data import PairCollator
 from .dpo_trainer import sharing
 from .logprobs import segment_sums_table
 from .prefix_sharing import mask_dtype_for
 
-CACHE_VERSION = 1
-
 
 def reference_cache_path(ctx, ref_path: str, examples) -> Path:
-    cfg = ctx.cfg
-    model_id = hash_path(ref_path) if Path(ref_path).exists() else ref_path
+    cfg, hashes = ctx.cfg, hash_cache(ctx.root.runs_dir)
     tokens = hash_json([[e["prompt_ids"], e["prefix_ids"], e["chosen_ids"], e["rejected_ids"]] for e in examples])
-    key = hash_json({"model": model_id, "dtype": str(resolve_dtype(cfg.model.dtype)), "version": CACHE_VERSION,
-                     "attention": resolve_attention(cfg.model.attn_implementation), "pairs": tokens})[:16]
+    key = hash_json({"model": input_identity(str(ref_path), hashes), "dtype": str(resolve_dtype(cfg.model.dtype)),
+                     "attention": resolve_attention(cfg.model.attn_implementation), "pairs": tokens,
+                     "code": code_digest([__name__], CodeIndex(hashes))})[:16]
+    hashes.save()
     default = ctx.out_dir.parent / "_cache" / "reference_logps"
     root = Path(cfg.reference_cache_dir) if cfg.reference_cache_dir else default
     return root / f"{key}.safetensors"

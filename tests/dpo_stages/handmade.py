@@ -9,7 +9,6 @@ from marco_train import dist
 from marco_train.config import StageConfig
 
 KIND = "dpo_stages.handmade"
-CODE_VERSION = 1
 INPUTS = ()
 
 

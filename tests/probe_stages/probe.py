@@ -11,7 +11,6 @@ from marco_train.config import StageConfig, path_field
 from marco_train.faults import fault_point
 
 KIND = "probe_stages.probe"
-CODE_VERSION = 1
 INPUTS = ()
 
 
