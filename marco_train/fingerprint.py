@@ -71,13 +71,14 @@ class Fingerprinter:
     """Computes stage fingerprint inputs for one plan; reuses content hashes through <runs_dir>/_cache."""
 
     def __init__(self, runs_dir: str):
+        self.runs_dir = Path(runs_dir)
         self.cache = hash_cache(runs_dir)
         self.code = CodeIndex(self.cache)
 
     def fresh(self) -> "Fingerprinter":
         """A fingerprinter that looks at the files again (same hash cache), to re-check a stage before it runs."""
         other = object.__new__(Fingerprinter)
-        other.cache, other.code = self.cache, CodeIndex(self.cache)
+        other.runs_dir, other.cache, other.code = self.runs_dir, self.cache, CodeIndex(self.cache)
         return other
 
     def inputs(self, s, seed: int, runtime: Iterable[str], upstream: Dict[str, str]) -> Dict[str, Any]:
@@ -95,8 +96,11 @@ class Fingerprinter:
         return {"kind": s.kind, "seed": seed, "config": config, "files": files, "code": closure["modules"],
                 "libraries": closure["libraries"], "upstream": dict(sorted(upstream.items()))}
 
-    def save(self) -> None:
-        self.cache.save()
+    def save(self, create: bool = True) -> None:
+        """Store the hash cache; create=False (planning, --dry-run) writes only into an existing runs dir, so a
+        plan that fails its checks leaves nothing behind."""
+        if create or self.runs_dir.is_dir():
+            self.cache.save()
 
 
 def fingerprint_of(inputs: Dict[str, Any]) -> str:

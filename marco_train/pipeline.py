@@ -187,7 +187,7 @@ def build_plan(config_file: str, overrides: List[str] = ()) -> Plan:
         s.fingerprint_inputs = stage_inputs(plan, s, plan.fingerprinter)
         s.fingerprint = planned.get(s.name) or fingerprint_of(s.fingerprint_inputs)
         s.out_dir = plan.experiment_dir / f"{s.name}-{s.fingerprint}"
-    plan.fingerprinter.save()
+    plan.fingerprinter.save(create=False)
     return plan
 
 
@@ -306,6 +306,7 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
     problem = missing_upstream(plan, s)
     if problem:
         raise StageError(problem)
+    plan.fingerprinter.save()
     lock = StageLock(s.out_dir)
     if dist.is_main():
         lock.__enter__()

@@ -174,7 +174,7 @@ def test_an_empty_sft_or_pair_set_fails_the_split_and_marks_nothing_done(tmp_pat
     (split_dir,) = (runs / "split_sft_test").glob("split-*")
     dropped = "no queries" if trees == "empty.jsonl" else "{'no_correct_path': 1}"
     trees_count = 0 if trees == "empty.jsonl" else 1
-    assert (f"DataError: stages.split: no SFT rows ({dropped} dropped) and no DPO pairs ({dropped} dropped) from "
+    assert (f"error: stages.split: no SFT rows ({dropped} dropped) and no DPO pairs ({dropped} dropped) from "
             f"{trees_count} trees in {source}; the search must solve some queries") in proc.stderr
     assert not (split_dir / "_DONE.json").exists() and not (split_dir / "sft").exists()
     assert json.loads((split_dir / "summary.json").read_text())["sft"]["rows"] == 0  # the counts, for the reason
