@@ -202,8 +202,10 @@ class CodeIndex:
         (installing or removing a distribution changes its directory's mtime)."""
         stamp = []
         for entry in sys.path:
+            if not entry:
+                continue  # the working directory: files come and go there, distributions do not
             try:
-                stamp.append([entry, os.stat(entry or ".").st_mtime_ns])
+                stamp.append([entry, os.stat(entry).st_mtime_ns])
             except OSError:
                 continue
         key = "distributions:" + hashlib.sha256("\0".join(sys.path).encode()).hexdigest()[:12]  # per sys.path
