@@ -297,7 +297,7 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
     for upstream in s.inputs.values():
         if not plan.stages[upstream].done:
             raise StageError(f"stage '{s.name}' needs '{upstream}' finished first: run "
-                             f"`launchers/pipeline.py --config {plan.config_file} --until {s.name}`")
+                             f"`marco-train run --config {plan.config_file} --until {s.name}`")
     lock = StageLock(s.out_dir)
     if dist.is_main():
         lock.__enter__()
@@ -337,17 +337,16 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
 
 
 def stage_command(plan: Plan, s: StageInstance, force: bool = False) -> List[str]:
-    launcher = Path(__file__).resolve().parent.parent / "launchers" / "stage.py"
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={s.cfg.nproc_per_node}",
-            str(launcher), "--config", plan.config_file, "--stage", s.name, *(["--force"] if force else []),
-            *plan.overrides]
+            "-m", "marco_train", "stage", "--config", plan.config_file, "--stage", s.name,
+            *(["--force"] if force else []), *plan.overrides]
 
 
 def run_subprocess(plan: Plan, s: StageInstance, force: bool = False) -> None:
     """Run a stage under torchrun in its own process group; if this runner dies, the group dies with it."""
     if s.cfg.nnodes != 1:
         raise ConfigError(f"stage '{s.name}': nnodes={s.cfg.nnodes}: start multi-node stages on every node with "
-                          f"`torchrun --nnodes ... launchers/{s.kind}.py --config {plan.config_file} --stage {s.name}`")
+                          f"`torchrun --nnodes ... -m marco_train stage --config {plan.config_file} --stage {s.name}`")
 
     def die_with_parent():
         os.setpgrp()
