@@ -28,7 +28,7 @@ def command(capsys, *argv) -> tuple:
 def test_help_names_every_command_and_stage_kind_with_examples(capsys):
     code, out, _ = command(capsys, "--help")
     assert code == 0
-    for name in ("run", "stage", "ablate", "show-tree", "prepare-smollm2", "ls", "cat"):
+    for name in ("run", "stage", "ablate", "show-tree", "prepare-smollm2", "push-to-hub", "ls", "cat"):
         assert f"\n  {name} " in out
     assert f"stage kinds: {', '.join(STAGE_MODULES)} " in out and "bootstrap, mcts, split, sft, dpo, eval" in out
     assert "examples:\n  marco-train run --config configs/demo.yaml" in out
@@ -41,7 +41,7 @@ def test_an_unknown_command_is_one_line_with_a_suggestion(capsys):
     code, out, err = command(capsys, "rnu", "--config", "configs/demo.yaml")
     assert (code, out) == (2, "")
     assert err.startswith("error: unknown command 'rnu' (commands: run, stage, ablate, show-tree, prepare-smollm2, "
-                          "ls, cat, bootstrap, mcts, split, sft, dpo, eval); did you mean 'run'?")
+                          "push-to-hub, ls, cat, bootstrap, mcts, split, sft, dpo, eval); did you mean 'run'?")
 
 
 def test_ls_lists_the_shipped_configs_and_cat_prints_one(capsys):
@@ -91,7 +91,8 @@ def test_dry_run_from_another_directory_with_python_dash_m(tmp_path):
 @pytest.mark.parametrize("launcher, usage", [("pipeline.py", "launchers/pipeline.py [-h] --config CONFIG"),
                                              ("dpo.py", "launchers/dpo.py [-h] --config CONFIG"),
                                              ("stage.py", "launchers/stage.py [-h] --config CONFIG"),
-                                             ("show_tree.py", "launchers/show_tree.py [-h] [--id ID]")])
+                                             ("show_tree.py", "launchers/show_tree.py [-h] [--id ID]"),
+                                             ("push_to_hub.py", "launchers/push_to_hub.py [-h] --repo REPO")])
 def test_the_launchers_are_aliases_of_the_subcommands(launcher, usage):
     proc = subprocess.run([PYTHON, f"launchers/{launcher}", "--help"], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)

@@ -123,6 +123,7 @@ def test_the_bootstrap_stage_names_a_missing_checkpoint(elsewhere):
 
     plan = build_plan("configs/demo.yaml", [f"runs_dir={elsewhere / 'runs'}", "stages.bootstrap.checkpoint=./gone",
                                             "wandb.mode=disabled"])
-    with pytest.raises(FileNotFoundError, match=r"stages.bootstrap.checkpoint: no model at './gone' \(neither here "
-                                                r"nor among the package's shipped files\); .* bootstrap.retrain=true"):
+    with pytest.raises(FileNotFoundError, match=r"^stages.bootstrap.checkpoint: no model at './gone' \(neither "
+                                                r"here nor among the package's shipped files\); point it at a saved "
+                                                r"toy model or set stages.bootstrap.retrain=true$"):
         execute_stage(plan, plan.stages["bootstrap"])
