@@ -242,8 +242,8 @@ def _help(kinds) -> str:
     return ("usage: marco-train <command> [options] [key=value ...]   (or: python -m marco_train <command> ...)\n\n"
             "CoT-aware post-training of reasoning LLMs (Marco-o1 v2): MCTS data -> length split -> SFT -> "
             "fine-grained DPO -> eval.\n\ncommands:\n" + "\n".join(lines) +
-            f"\n\nstage kinds: {', '.join(kinds)} (a kind with a dot is your own module, e.g. "
-            f"kind: mylab.stages.filter)\n\n" + EXAMPLES)
+            f"\n\nstage kinds: {', '.join(kinds)} (and your own: a kind with a dot names a module,\n"
+            f"e.g. kind: mylab.stages.filter)\n\n" + EXAMPLES)
 
 
 def main(argv=None, prog: str = "") -> None:

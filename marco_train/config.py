@@ -71,7 +71,7 @@ class StageConfig:
     kind: str = MISSING
     # input name -> upstream stage instance name, e.g. {model: sft}.
     inputs: Dict[str, str] = field(default_factory=dict)
-    # 1 runs in-process; more launches `torchrun --nproc_per_node N launchers/<kind>.py`.
+    # 1 runs in-process; more launches `torchrun --nproc_per_node N -m marco_train stage ...`.
     nproc_per_node: int = at_least(1, default=1)
     nnodes: int = at_least(1, default=1)
     log_every: int = at_least(1, default=10)

@@ -25,11 +25,13 @@ NOT_SOURCE = (".git", ".venv*", "runs", "build", "dist", "*.egg-info", "__pycach
 TORCH = "torch==2.13.0"  # the Makefile's TORCH
 
 
-def table(stdout: str) -> str:
-    """The demo's closing table (the lines after 'accuracy (no-answer rate)')."""
+def table(stdout: str) -> list:
+    """The demo's closing table: the markdown rows after 'accuracy (no-answer rate)'."""
     head, found, rest = stdout.partition("accuracy (no-answer rate)\n")
     assert found, stdout[-3000:]
-    return rest.strip()
+    rows = [line for line in rest.splitlines() if line.startswith("|")]
+    assert rows[0] == "| variant | toy |" and len(rows) == 5, rest  # header, rule, base, SFT, DPO
+    return rows
 
 
 def checked(cmd, **kw) -> subprocess.CompletedProcess:
@@ -93,6 +95,7 @@ def test_a_wheel_installed_elsewhere_runs_the_demo_like_the_clone(tmp_path):
     assert clone.returncode == 0, clone_log.read_text()[-4000:]
 
     assert table(demo.stdout) == table(clone_log.read_text())
+    assert (wheel_runs / "demo" / "results.json").read_text() == (clone_runs / "demo" / "results.json").read_text()
     for name in ("eval_base", "eval_sft", "eval_dpo"):
         assert samples(wheel_runs, name) == samples(clone_runs, name)
     for runs in (wheel_runs, clone_runs):  # 2-rank stages, launched through `torchrun -m marco_train stage`
