@@ -86,7 +86,6 @@ def path_field(default: Any = MISSING, check: Optional[Callable[[Any, Any], Opti
     return field(default=default, metadata={"input_path": True, "shipped": True, "check": check}, **kw)
 
 
-
 @dataclass
 class ModelConfig:
     # Hub name (e.g. Qwen/Qwen2.5-7B-Instruct) or local directory; empty = the `model` input's directory.
@@ -383,7 +382,10 @@ def validate(schema: type, node: Any, prefix: str, source: Source, label: str = 
 def input_path_keys(schema: type, prefix: str = "", flag: str = "input_path") -> List[str]:
     """Dotted keys of fields declared with `path_field` (recursing into nested dataclasses); flag="shipped": also
     the other path keys that may name a shipped file (training.deepspeed)."""
-    keys, types = [], typing.get_type_hints(schema)  # the stage modules' annotations may be strings
+    try:
+        keys, types = [], typing.get_type_hints(schema)  # the stage modules' annotations may be strings
+    except (NameError, TypeError):  # a name only imported for type checkers: the annotations as they are
+        keys, types = [], {f.name: f.type for f in dataclasses.fields(schema)}
     for f in dataclasses.fields(schema):
         if f.metadata.get(flag):
             keys.append(prefix + f.name)

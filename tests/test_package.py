@@ -2,8 +2,9 @@
 virtualenv (torch first, then the wheel under constraints.txt, as the README says), run as `marco-train` from an
 empty directory. Its demo table (and every eval's samples) must equal the same reduced config run from the clone.
 
-Slow (~2.5-4 min): two installs (torch from local disk, the rest from pip's cache after `make install`) and two
-reduced demo runs, the clone's started first so it runs while the wheel is built and installed.
+Slow (200 s here with the machine's load at ~5): two installs without byte-compiling (torch from local disk, the
+rest from pip's cache after `make install`) and two reduced demo runs (~70 s each), the clone's started first so it
+runs while the wheel is built and installed.
 """
 
 from __future__ import annotations
