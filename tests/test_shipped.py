@@ -127,3 +127,17 @@ def test_the_bootstrap_stage_names_a_missing_checkpoint(elsewhere):
                                                 r"here nor among the package's shipped files\); point it at a saved "
                                                 r"toy model or set stages.bootstrap.retrain=true$"):
         execute_stage(plan, plan.stages["bootstrap"])
+
+
+def test_a_nested_path_key_of_a_stage_with_string_annotations_is_fingerprinted(tmp_path):
+    """sft.py has `from __future__ import annotations`: its nested sections' path keys (dataset.name_or_path) were
+    missed before, so a changed dataset file did not re-run the sft stage; its training.deepspeed is located too."""
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "Compute 3 + 4.", "completion": "The answer is: 7"}) + "\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"experiment: u\nwandb: {{mode: disabled}}\nstages:\n  sft:\n    kind: sft\n"
+                      f"    model: {{name_or_path: {TOY_CHECKPOINT}}}\n    dataset: {{name_or_path: {data}}}\n")
+    before = build_plan(str(config)).stages["sft"]
+    assert set(before.fingerprint_inputs["files"]) == {"dataset.name_or_path"}
+    data.write_text(data.read_text().replace("7", "8"))
+    assert build_plan(str(config)).stages["sft"].fingerprint != before.fingerprint
