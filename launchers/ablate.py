@@ -1,9 +1,11 @@
-"""Run an ablation grid and print the paper-layout table.
+"""Alias of `marco-train ablate` (marco_train/cli.py): run an ablation grid and print the paper-layout table.
 
 Usage: `python launchers/ablate.py --config configs/ablations/progressive.yaml`.
 """
 
-from marco_train.cli import ablate_main
+import sys
+
+from marco_train.cli import main
 
 if __name__ == "__main__":
-    ablate_main()
+    main(["ablate", *sys.argv[1:]], prog="launchers/ablate.py")

@@ -1,6 +1,9 @@
-"""Entry point: see `marco_train.cli`. Usage: `torchrun launchers/dpo.py --config configs/demo.yaml [key=value ...]`."""
+"""Alias of `marco-train dpo` (marco_train/cli.py):
+`torchrun launchers/dpo.py --config configs/demo.yaml [key=value ...]`."""
 
-from marco_train.cli import stage_main
+import sys
+
+from marco_train.cli import main
 
 if __name__ == "__main__":
-    stage_main("dpo")
+    main(["dpo", *sys.argv[1:]], prog="launchers/dpo.py")

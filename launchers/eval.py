@@ -1,9 +1,9 @@
-"""Entry point: see `marco_train.cli`.
+"""Alias of `marco-train eval` (marco_train/cli.py):
+`torchrun launchers/eval.py --config configs/demo.yaml [key=value ...]`."""
 
-Usage: `torchrun launchers/eval.py --config configs/demo.yaml [key=value ...]`.
-"""
+import sys
 
-from marco_train.cli import stage_main
+from marco_train.cli import main
 
 if __name__ == "__main__":
-    stage_main("eval")
+    main(["eval", *sys.argv[1:]], prog="launchers/eval.py")

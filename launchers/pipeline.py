@@ -1,9 +1,9 @@
-"""Entry point: see `marco_train.cli`.
+"""Alias of `marco-train run` (marco_train/cli.py), the whole DAG:
+`python launchers/pipeline.py --config configs/demo.yaml [key=value ...]`."""
 
-Usage: `python launchers/pipeline.py --config configs/demo.yaml [key=value ...]`.
-"""
+import sys
 
-from marco_train.cli import pipeline_main
+from marco_train.cli import main
 
 if __name__ == "__main__":
-    pipeline_main()
+    main(["run", *sys.argv[1:]], prog="launchers/pipeline.py")

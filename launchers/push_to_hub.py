@@ -1,7 +1,10 @@
-"""Upload a finished stage's output to the hub: `python launchers/push_to_hub.py <stage dir> --repo NAME [--private]`
-(a split stage's exported data sets, or an sft/dpo stage's model with its card; see `marco_train.cli.push_main`)."""
+"""Alias of `marco-train push-to-hub` (marco_train/cli.py): upload a finished stage's output to the hub:
+`python launchers/push_to_hub.py <stage dir> --repo NAME [--private]` (a split stage's exported data sets, or an
+sft/dpo stage's model with its card)."""
 
-from marco_train.cli import push_main
+import sys
+
+from marco_train.cli import main
 
 if __name__ == "__main__":
-    push_main()
+    main(["push-to-hub", *sys.argv[1:]], prog="launchers/push_to_hub.py")

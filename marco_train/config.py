@@ -19,6 +19,8 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import shipped
+
 
 class ConfigError(ValueError):
     """A config problem; the message names the file (and line) and the key."""
@@ -69,7 +71,7 @@ class StageConfig:
     kind: str = MISSING
     # input name -> upstream stage instance name, e.g. {model: sft}.
     inputs: Dict[str, str] = field(default_factory=dict)
-    # 1 runs in-process; more launches `torchrun --nproc_per_node N launchers/<kind>.py`.
+    # 1 runs in-process; more launches `torchrun --nproc_per_node N -m marco_train stage ...`.
     nproc_per_node: int = at_least(1, default=1)
     nnodes: int = at_least(1, default=1)
     log_every: int = at_least(1, default=10)
@@ -80,8 +82,9 @@ class StageConfig:
 
 def path_field(default: Any = MISSING, check: Optional[Callable[[Any, Any], Optional[str]]] = None, **kw):
     """A config field naming a file or directory (or a hub id): its *content* (a hub id: its cached revision)
-    goes into the stage fingerprint, unless the stage's `unread_keys` says this config does not read it."""
-    return field(default=default, metadata={"input_path": True, "check": check}, **kw)
+    goes into the stage fingerprint, unless the stage's `unread_keys` says this config does not read it. A relative
+    path missing from the working directory is looked up among the shipped files (shipped.py), before `check`."""
+    return field(default=default, metadata={"input_path": True, "shipped": True, "check": check}, **kw)
 
 
 @dataclass
@@ -114,7 +117,7 @@ class TrainingConfig:
     # When the stage finishes its checkpoints keep only weights and trainer_state.json: the optimizer, scheduler
     # and RNG state (at 7B under ZeRO-3 ~100 GB a checkpoint) and training_args.bin go. true keeps them.
     keep_optimizer_state: bool = False
-    deepspeed: Optional[str] = path_field(None)  # path to a DeepSpeed JSON (configs/deepspeed/zero3.json)
+    deepspeed: Optional[str] = path_field(None)  # a DeepSpeed JSON (configs/deepspeed/); stages.check_deepspeed
 
 
 @dataclass
@@ -229,8 +232,8 @@ def _check_shape(cfg: DictConfig, path: Path, source: "Source") -> None:
 
 
 def load_raw(path, overrides: List[str] = ()):
-    """Read YAML, apply `key=value` overrides; no schema yet."""
-    path = Path(path)
+    """Read YAML, apply `key=value` overrides; no schema yet. A path missing here may name a shipped config."""
+    path = Path(shipped.config_file(str(path)))
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found" + (" (it is a directory)" if path.is_dir() else ""))
     text, data = _yaml_file(path)
@@ -255,11 +258,11 @@ def _apply_includes(cfg, source: "Source"):
             continue
         files = node.include if isinstance(node.include, (list, ListConfig)) else [node.include]
         merged = OmegaConf.create()
-        for f in files:
-            if not Path(str(f)).is_file():
+        for f in map(shipped.locate, map(str, files)):
+            if not Path(f).is_file():
                 raise ConfigError(f"{source.where(f'stages.{name}.include')}: stages.{name}.include: file '{f}' not "
                                   f"found (presets live in configs/models/)")
-            _, data = _yaml_file(Path(str(f)), "not a valid include file")
+            _, data = _yaml_file(Path(f), "not a valid include file")
             try:
                 merged = OmegaConf.merge(merged, OmegaConf.create(data))
             except OmegaConfBaseException as e:
@@ -370,26 +373,25 @@ def validate(schema: type, node: Any, prefix: str, source: Source, label: str = 
     if missing:
         full = f"{prefix}.{missing[0]}" if prefix else missing[0]
         raise ConfigError(f"{source.where(full)}: missing value for '{full}'; set it in the file or as {full}=...")
+    shipped.locate_keys(merged, input_path_keys(schema, flag="shipped"))  # relative: here first, else shipped
     check_fields(schema, merged, prefix, source.where)
     if issubclass(schema, StageConfig):
         check_world_batch(merged, prefix, source.where)
     return merged
 
 
-def input_path_keys(schema: type, prefix: str = "") -> List[str]:
-    """Dotted keys of fields declared with `path_field` (recursing into nested dataclasses, also when the
-    schema's module uses `from __future__ import annotations`, where field types are strings)."""
+def input_path_keys(schema: type, prefix: str = "", flag: str = "input_path") -> List[str]:
+    """Dotted keys of fields declared with `path_field` (recursing into nested dataclasses); flag="shipped": also
+    the other path keys that may name a shipped file (training.deepspeed)."""
     try:
-        hints = typing.get_type_hints(schema)
-    except (NameError, TypeError):
-        hints = {}
-    keys = []
+        keys, types = [], typing.get_type_hints(schema)  # the stage modules' annotations may be strings
+    except (NameError, TypeError):  # a name only imported for type checkers: the annotations as they are
+        keys, types = [], {f.name: f.type for f in dataclasses.fields(schema)}
     for f in dataclasses.fields(schema):
-        kind = hints.get(f.name, f.type)
-        if f.metadata.get("input_path"):
+        if f.metadata.get(flag):
             keys.append(prefix + f.name)
-        elif isinstance(kind, type) and dataclasses.is_dataclass(kind):
-            keys.extend(input_path_keys(kind, prefix + f.name + "."))
+        elif dataclasses.is_dataclass(types.get(f.name)):
+            keys.extend(input_path_keys(types[f.name], prefix + f.name + ".", flag))
     return keys
 
 

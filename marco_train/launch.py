@@ -50,18 +50,18 @@ class StageLock:
 
 
 def stage_command(plan, s, force: bool = False) -> List[str]:
-    """torchrun launchers/stage.py for stage instance `s` of pipeline plan `plan`."""
-    launcher = Path(__file__).resolve().parent.parent / "launchers" / "stage.py"
+    """`torchrun ... -m marco_train stage` for stage instance `s` of pipeline plan `plan` (never a file path, so it
+    runs the same from a clone and from an installed wheel)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={s.cfg.nproc_per_node}",
-            str(launcher), "--config", plan.config_file, "--stage", s.name, *(["--force"] if force else []),
-            *plan.overrides]
+            "-m", "marco_train", "stage", "--config", plan.config_file, "--stage", s.name,
+            *(["--force"] if force else []), *plan.overrides]
 
 
 def run_subprocess(plan, s, force: bool = False) -> None:
     """Run a stage under torchrun in its own process group; if this runner dies, the group dies with it."""
     if s.cfg.nnodes != 1:
         raise ConfigError(f"stage '{s.name}': nnodes={s.cfg.nnodes}: start multi-node stages on every node with "
-                          f"`torchrun --nnodes ... launchers/{s.kind}.py --config {plan.config_file} --stage {s.name}`")
+                          f"`torchrun --nnodes ... -m marco_train stage --config {plan.config_file} --stage {s.name}`")
 
     def die_with_parent():
         os.setpgrp()

@@ -55,7 +55,7 @@ def check_local(name_or_path: str | Path) -> None:
     repo id. Offline, a hub name must be in the local cache (hub_model_problem)."""
     text = str(name_or_path)
     if _looks_local(name_or_path) and not Path(text).expanduser().is_dir():
-        hint = " (SmolLM2: run `python launchers/prepare_smollm2.py` first)" if "smollm2" in text.lower() else ""
+        hint = " (SmolLM2: run `marco-train prepare-smollm2` first)" if "smollm2" in text.lower() else ""
         raise FileNotFoundError(f"{text}: no such model directory; point model.name_or_path at a saved model or a "
                                 f"hub name{hint}")
     problem = hub_model_problem(text)

@@ -259,11 +259,11 @@ def missing_upstream(plan: Plan, s: StageInstance) -> Optional[str]:
         u = plan.stages[upstream]
         if not u.done:
             return (f"stage '{s.name}' needs '{upstream}' finished first: run "
-                    f"`launchers/pipeline.py --config {plan.config_file} --until {s.name}`")
+                    f"`marco-train run --config {plan.config_file} --until {s.name}`")
         gone = [o for o in getattr(s.module, "READS", {}).get(input_name, ()) if not (u.out_dir / o).exists()]
         if gone:
             return (f"stage '{s.name}' needs {u.out_dir / gone[0]} from stage '{upstream}', which is marked done "
-                    f"({DONE_FILE}) but that output is gone; re-run it: `launchers/pipeline.py --config "
+                    f"({DONE_FILE}) but that output is gone; re-run it: `marco-train run --config "
                     f"{plan.config_file} --force {upstream}`")
     return None
 

@@ -287,7 +287,7 @@ def test_a_finished_stage_whose_output_is_gone_names_it_and_suggests_force(tmp_p
     with pytest.raises(RuntimeError) as e:
         run_plan(build_plan(str(config)))
     assert str(e.value) == (f"stage 'eval_base' needs {bootstrap.out_dir / 'model'} from stage 'bootstrap', which is "
-                            f"marked done ({DONE_FILE}) but that output is gone; re-run it: `launchers/pipeline.py "
+                            f"marked done ({DONE_FILE}) but that output is gone; re-run it: `marco-train run "
                             f"--config {config} --force bootstrap`")
     run_plan(build_plan(str(config)), force=["bootstrap"], until="bootstrap")
     assert (bootstrap.out_dir / "model" / "config.json").exists()

@@ -65,7 +65,7 @@ def test_a_missing_model_directory_is_named_not_taken_for_a_hub_id(tmp_path):
     missing = tmp_path / "cache" / "smollm2-135m-instruct"
     for load in (load_tokenizer, load_model):
         with pytest.raises(FileNotFoundError, match=rf"^{missing}: no such model directory; .* "
-                                                    r"\(SmolLM2: run `python launchers/prepare_smollm2.py` first\)$"):
+                                                    r"\(SmolLM2: run `marco-train prepare-smollm2` first\)$"):
             load(str(missing))
     with pytest.raises(FileNotFoundError, match=r"^\./nowhere/model: no such model directory; point model"):
         load_model("./nowhere/model")

@@ -1,7 +1,7 @@
 """Print a tree record indented: id (xK: K identical sibling samples merged into it), type, visits N, mean
 value Q/N, confidence, the terminal's verdict, text excerpt.
 
-    python launchers/show_tree.py runs/demo/mcts-<fp> [--id toy-t00003] [--width 80]
+    marco-train show-tree runs/demo/mcts-<fp> [--id toy-t00003] [--width 80]   (or launchers/show_tree.py)
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import shipped
 from .trees import Tree, read_tree_files
 
 
@@ -37,13 +38,13 @@ def format_tree(tree: Tree, width: int = 80) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="launchers/show_tree.py", description=__doc__.split("\n")[0])
+def main(argv=None, prog: str = "marco-train show-tree") -> None:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("path", help="an mcts stage directory, its trees/ directory or one shard .jsonl")
     p.add_argument("--id", help="problem id (default: the first tree)")
     p.add_argument("--width", type=int, default=80, help="characters of node text to show")
     args = p.parse_args(argv)
-    for tree in read_tree_files(Path(args.path)):
+    for tree in read_tree_files(Path(shipped.locate(args.path))):  # e.g. mcts_data/examples/toy_trees.jsonl
         if args.id is None or tree.problem_id == args.id:
             print(format_tree(tree, args.width))
             return

@@ -110,13 +110,17 @@ def prepare(force: bool = False, log=print) -> Path:
     return out
 
 
-if __name__ == "__main__":
+def main(argv=None, prog: str = "marco-train prepare-smollm2") -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="prepare again even if the cache is complete")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         print(prepare(force=args.force))
     except RuntimeError as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

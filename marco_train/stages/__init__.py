@@ -18,6 +18,9 @@ torch, transformers, trl, datasets or peft; `run()` imports the heavy library mo
 engines' implementations), which import theirs at the top. tests/test_stage_imports.py holds the line.
 """
 
+import importlib.util
+from pathlib import Path
+
 from omegaconf import OmegaConf
 
 from ..config import ConfigError
@@ -51,3 +54,14 @@ def unknown_upstream(module, input_name: str, value: str) -> str:
                 f"inputs.{input_name} and set {stand_in}={value}" +
                 (f" ({KEY_HINTS[stand_in]})" if stand_in in KEY_HINTS else ""))
     return msg
+
+
+def check_deepspeed(cfg, prefix: str, where) -> None:
+    """A training stage's training.deepspeed names a DeepSpeed JSON that exists (configs/deepspeed/zero3.json; the
+    planner has looked it up among the shipped files already), and DeepSpeed (the `deepspeed` extra) is installed."""
+    value, key = cfg.training.deepspeed, f"{prefix}.training.deepspeed"
+    if value and not Path(value).is_file():
+        raise ConfigError(f"{where(key)}: {key}: file '{value}' not found (see configs/deepspeed/)")
+    if value and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"{where(key)}: {key}: DeepSpeed is not installed: pip install 'marco-train[deepspeed]' "
+                          f"(or unset training.deepspeed)")

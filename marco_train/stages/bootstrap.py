@@ -1,7 +1,8 @@
 """Stage `bootstrap`: the toy world's base model.
 
 By default it copies the committed checkpoint (marco_train/toy/checkpoint, with its recorded held-out
-figures) so the demo starts in seconds. With `retrain=true` it rebuilds the tokenizer and trains a tiny
+figures; found inside the installed package when the working directory has no such path: shipped.py) so the demo
+starts in seconds. With `retrain=true` it rebuilds the tokenizer and trains a tiny
 Qwen2-shaped model from scratch on tagged toy traces, deterministic from the seed. This is pre-training a
 toy from random weights on an endless synthetic stream, so a 40-line loop is used rather than Trainer;
 the real fine-tuning stages (sft, dpo) run on the HF Trainer machinery. The loop: marco_train/toy/pretrain.py.
@@ -67,8 +68,9 @@ def run(ctx) -> dict:
                 f"to ship it: cp {out}/* {cfg.checkpoint}/")
     else:
         if not Path(cfg.checkpoint, "config.json").exists():
-            raise FileNotFoundError(f"stages.{ctx.name}.checkpoint: no model at '{cfg.checkpoint}'; run from the "
-                                    f"repository root or set {ctx.name}.retrain=true")
+            raise FileNotFoundError(f"stages.{ctx.name}.checkpoint: no model at '{cfg.checkpoint}' (neither here nor "
+                                    f"among the package's shipped files); point it at a saved toy model or set "
+                                    f"stages.{ctx.name}.retrain=true")
         shutil.copytree(cfg.checkpoint, out, dirs_exist_ok=True)
         record = json.loads((out / RECORD_FILE).read_text())
         ctx.log(f"using the shipped toy model (recorded held-out accuracy {record['accuracy']:.1%}, "

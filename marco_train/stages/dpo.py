@@ -45,6 +45,7 @@ from ..data.user_data import DatasetConfig, check_dataset_config
 from ..models import load_model, load_tokenizer, model_dir
 from ..tasks import check_task_or_recorded, get_task
 from ..train.loss_config import LossConfig
+from . import check_deepspeed
 
 KIND = "dpo"
 INPUTS = {"data": "dataset.name_or_path", "model": "model.name_or_path"}
@@ -101,9 +102,7 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     except ValueError as e:
         key = str(e).split("=", 1)[0]
         raise ConfigError(f"{where(f'{prefix}.{key}')}: {prefix}.{e}") from None
-    if cfg.training.deepspeed and not Path(cfg.training.deepspeed).exists():
-        raise ConfigError(f"{where(f'{prefix}.training.deepspeed')}: {prefix}.training.deepspeed: file "
-                          f"'{cfg.training.deepspeed}' not found (see configs/deepspeed/)")
+    check_deepspeed(cfg, prefix, where)
     if cfg.lora.enabled and cfg.training.deepspeed and "3" in Path(cfg.training.deepspeed).name:
         raise ConfigError(f"{where(f'{prefix}.lora.enabled')}: {prefix}.lora with ZeRO-3 ({cfg.training.deepspeed}) "
                           f"is not supported by the dpo stage; use ZeRO-2 or full fine-tuning")

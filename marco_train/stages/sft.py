@@ -34,6 +34,7 @@ from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, Training
 from ..data.user_data import DatasetConfig, check_dataset_config
 from ..models import load_tokenizer, model_dir
 from ..tasks import check_task_or_recorded, get_task
+from . import check_deepspeed
 
 KIND = "sft"
 INPUTS = {"data": "dataset.name_or_path", "model": "model.name_or_path"}
@@ -72,9 +73,7 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
                           f"packed samples would then attend to each other; set packing: false")
     if cfg.lora.merge and not cfg.lora.enabled:
         raise ConfigError(f"{where(prefix + '.lora.merge')}: {prefix}.lora.merge: true needs lora.enabled: true")
-    if cfg.training.deepspeed and not Path(cfg.training.deepspeed).exists():
-        raise ConfigError(f"{where(prefix + '.training.deepspeed')}: {prefix}.training.deepspeed: file "
-                          f"'{cfg.training.deepspeed}' not found (see configs/deepspeed/)")
+    check_deepspeed(cfg, prefix, where)
 
 
 def run(ctx) -> dict:
