@@ -11,7 +11,8 @@ import pytest
 from conftest import PYTHON, REPO
 from marco_train.cli import main
 from marco_train.config import ConfigError
-from marco_train.pipeline import STAGE_MODULES, build_plan, stage_command
+from marco_train.launch import stage_command
+from marco_train.pipeline import STAGE_MODULES, build_plan
 
 
 def command(capsys, *argv) -> tuple:

@@ -89,7 +89,7 @@ def test_a_wheel_installed_elsewhere_runs_the_demo_like_the_clone(tmp_path):
         demo = checked([marco, "run", "--config", "configs/demo.yaml", *REDUCED], **run)
         assert sorted(os.listdir(user)) == ["runs"]  # the default runs_dir, relative to where the user runs
     except BaseException:
-        clone.kill()  # its torchrun children die with it (pipeline.run_subprocess)
+        clone.kill()  # its torchrun children die with it (launch.run_subprocess)
         raise
     finally:
         clone.wait(timeout=900)

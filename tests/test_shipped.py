@@ -138,6 +138,6 @@ def test_a_nested_path_key_of_a_stage_with_string_annotations_is_fingerprinted(t
     config.write_text(f"experiment: u\nwandb: {{mode: disabled}}\nstages:\n  sft:\n    kind: sft\n"
                       f"    model: {{name_or_path: {TOY_CHECKPOINT}}}\n    dataset: {{name_or_path: {data}}}\n")
     before = build_plan(str(config)).stages["sft"]
-    assert set(before.fingerprint_inputs["files"]) == {"dataset.name_or_path"}
+    assert set(before.fingerprint_inputs["files"]) == {"dataset.name_or_path", "model.name_or_path"}
     data.write_text(data.read_text().replace("7", "8"))
     assert build_plan(str(config)).stages["sft"].fingerprint != before.fingerprint
