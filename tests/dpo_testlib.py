@@ -121,3 +121,38 @@ def read_metrics(stage_dir: Path, key: str = "loss/dpo"):
     """The training log lines of a stage's metrics.jsonl (those with `key`; not the end-of-training summary)."""
     lines = (Path(stage_dir) / "metrics.jsonl").read_text().splitlines()
     return [m for m in (json.loads(line) for line in lines if line.strip()) if key in m]
+
+
+def examples_with_reference(tokenizer, n: int, seed: int = 0, model=None):
+    """Tokenized toy pairs with a cached reference column (the segment sums of `model`, unshared layout)."""
+    from marco_train.train.dpo_data import PairCollator, tokenize_pairs
+    from marco_train.train.logprobs import segment_sums_table
+
+    examples = tokenize_pairs(toy_pairs(tokenizer, n, seed=seed), tokenizer, get_task("toy"), 4096)[0]
+    if model is not None:
+        table = segment_sums_table(model.eval(), [PairCollator(tokenizer.pad_token_id)(examples)])
+        examples = [dict(e, ref_logps=table[e["pair_index"]]) for e in examples]
+    return examples
+
+
+def dpo_trainer(model, examples, out_dir, pad_token_id, shared=True, packed=True, budget=256, pairs=2,
+                global_batch=8, steps=1, lr=1.0, loss=None, load=None, **args):
+    """FineGrainedDPOTrainer with plain SGD (the update is lr x gradient), no clipping, the stage's batching.
+    `load` (instead of `model`) loads the model after the arguments exist (ZeRO-3 partitions it at load)."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from marco_train.train.dpo_data import PairCollator
+    from marco_train.train.dpo_trainer import FineGrainedDPOTrainer
+    from marco_train.train.losses import LossConfig
+
+    arguments = dict(output_dir=str(out_dir), per_device_train_batch_size=1, gradient_accumulation_steps=1,
+                     learning_rate=lr, optim="sgd", lr_scheduler_type="constant", max_steps=steps, max_grad_norm=0.0,
+                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, data_seed=0,
+                     remove_unused_columns=False, disable_tqdm=True, **args)
+    collator = PairCollator(pad_token_id, shared, score_prefix=True, packed=packed)
+    arguments = TrainingArguments(**arguments)
+    model = load() if load is not None else model
+    return FineGrainedDPOTrainer(model=model, args=arguments, train_dataset=Dataset.from_list(
+        examples), data_collator=collator, loss_config=loss or LossConfig(mask_prefix=False, mask_sft_prefix=False),
+        global_batch_size=global_batch, micro_tokens=budget if packed else None, micro_pairs=None if packed else pairs)

@@ -8,6 +8,7 @@ from marco_train.io import DataError
 from marco_train.prompts import prompt_ids, response_ids
 from marco_train.tasks import get_task
 from marco_train.train.dpo_data import PairCollator, split_pair, tokenize_pairs
+from marco_train.train.prefix_sharing import dense_tree_mask
 
 TASK = get_task("toy")
 
@@ -117,7 +118,8 @@ def test_shared_tree_layout_by_hand():
     rows, pos = b["score_index"] // 7, b["score_index"] % 7
     assert list(zip(rows.tolist(), pos.tolist(), b["score_target"].tolist(), b["score_segment"].tolist())) == [
         (0, 1, 3, 0), (0, 2, 4, 1), (0, 3, 5, 1), (0, 5, 6, 3), (1, 0, 10, 5), (1, 2, 11, 7), (1, 3, 12, 7)]
-    m = b["attention_mask"][0, 0].int().tolist()
+    mask = dense_tree_mask(b["seq_ids"], b["branch_ids"])
+    m = mask[0, 0].int().tolist()
     assert m == [[1, 0, 0, 0, 0, 0, 0],
                  [1, 1, 0, 0, 0, 0, 0],
                  [1, 1, 1, 0, 0, 0, 0],
@@ -125,11 +127,33 @@ def test_shared_tree_layout_by_hand():
                  [1, 1, 1, 1, 1, 0, 0],
                  [1, 1, 0, 0, 0, 1, 0],  # the rejected branch sees the trunk, not the chosen branch
                  [1, 1, 0, 0, 0, 1, 1]]
-    pad_rows = b["attention_mask"][1, 0, 5:].int().tolist()
+    pad_rows = mask[1, 0, 5:].int().tolist()
     assert pad_rows == [[0, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 1]]  # padding only sees itself
     assert int(b["prefix_shared"]) == 1
-    additive = PairCollator(pad_token_id=0, shared=True, mask_dtype=torch.float32)(PAIRS)["attention_mask"]
-    assert additive.dtype == torch.float32 and torch.equal(additive == 0, b["attention_mask"])
+    additive = dense_tree_mask(b["seq_ids"], b["branch_ids"], torch.float32)
+    assert additive.dtype == torch.float32 and torch.equal(additive == 0, mask)
+
+
+def test_packed_layouts_by_hand():
+    """Every piece back to back in one row, no padding; position ids restart; trees keep apart by seq id."""
+    b = PairCollator(pad_token_id=0, shared=True, packed=True)(PAIRS)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 3, 6, 9, 10, 9, 11, 12]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 2, 3, 0, 1, 0, 1, 2]]
+    assert b["seq_ids"].tolist() == [[0] * 7 + [1] * 5]
+    assert b["branch_ids"].tolist() == [[0, 0, 1, 1, 1, 2, 2, 1, 1, 2, 2, 2]]
+    assert list(zip(b["score_index"].tolist(), b["score_target"].tolist(), b["score_segment"].tolist())) == [
+        (1, 3, 0), (2, 4, 1), (3, 5, 1), (5, 6, 3), (7, 10, 5), (9, 11, 7), (10, 12, 7)]
+    mask = dense_tree_mask(b["seq_ids"], b["branch_ids"])[0, 0].int()
+    assert mask[7:, :7].sum() == 0 and mask[:7, 7:].sum() == 0  # the second tree never sees the first
+    assert mask[9:, 7:].tolist() == [[0, 0, 1, 0, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]]  # its rejected branch
+    unshared = PairCollator(pad_token_id=0, packed=True)(PAIRS)  # all chosen sequences, then all rejected
+    assert unshared["input_ids"].tolist() == [[1, 2, 3, 4, 5, 9, 10, 1, 2, 3, 6, 9, 11, 12]]
+    assert unshared["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 0, 1, 2, 3, 0, 1, 2]]
+    assert "attention_mask" not in unshared and "seq_ids" not in unshared  # transformers splits at position 0
+    assert unshared["score_index"].tolist() == [1, 2, 3, 5, 8, 9, 11, 12]
+    collate = PairCollator(pad_token_id=0, shared=True)
+    assert [collate.tokens(p) for p in PAIRS] == [7, 5] and [collate.scored(p) for p in PAIRS] == [4, 3]
+    assert [PairCollator(0).tokens(p) for p in PAIRS] == [9, 5]
 
 
 def test_cached_reference_column_is_passed_through():

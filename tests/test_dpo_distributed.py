@@ -3,8 +3,11 @@
 Upstream data: the test stage kind `dpo_stages.handmade` (toy pairs + tiny random Qwen2), run in-process first.
 
 ZeRO-3 tolerance: ZeRO-3 reduce-scatters fp32 gradients in partitions and buckets while DDP all-reduces whole
-buckets, so the summation order differs and the weights after each step differ by float rounding (~1e-7
-relative here); the logged losses over a few steps must agree to 1e-5 absolute and the saved weights to 1e-5.
+buckets, so the summation order differs and the gradients differ by float rounding (~1e-6 of each tensor's
+largest entry: tests/test_dpo_packed_distributed.py compares them directly). AdamW then divides each gradient
+entry by its own running RMS, so an entry whose gradient is near AdamW's eps (1e-8) turns that rounding into a
+visible fraction of the learning rate (1e-2): the logged losses over a few steps must agree to 1e-5 absolute and
+the saved weights to 1e-4 (1.2e-5 measured after 3 steps, the weights moving by up to 3e-2).
 """
 
 from pathlib import Path
@@ -75,7 +78,7 @@ def test_zero3_matches_ddp_and_its_saved_weights_reload(tmp_path):
         assert saved.keys() == reference.keys()
         for name, p in saved.items():
             assert p.shape == reference[name].shape and p.numel() > 0
-            assert (p - reference[name]).abs().max().item() < 1e-5, name
+            assert (p - reference[name]).abs().max().item() < 1e-4, name
 
 
 @pytest.mark.slow

@@ -105,3 +105,20 @@ def test_models_declaring_logit_soft_capping_are_refused(toy_tokenizer, examples
     model.config.final_logit_softcapping = 30.0  # as Gemma-2 declares it
     with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
         pair_logps(model, PairCollator(toy_tokenizer.pad_token_id)(examples[:2]))
+
+
+def test_score_budget_fixes_the_number_of_lm_head_calls(toy_tokenizer, examples):
+    """Under ZeRO-3 each LM-head call gathers its weight: ranks must call it equally often (dpo_batching.py)."""
+    import math
+
+    model = tiny_model(toy_tokenizer, seed=1).eval()
+    batch = PairCollator(toy_tokenizer.pad_token_id, shared=True, packed=True)(examples[:2])
+    n_scored = len(batch["score_target"])
+    calls = []
+    model.lm_head.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    plain = torch.stack([s.suffix for s in pair_logps(model, batch, chunk_size=16)])
+    budgeted = dict(batch, score_budget=torch.tensor(n_scored + 40))  # another rank scores 40 more here
+    calls.clear()
+    got = torch.stack([s.suffix for s in pair_logps(model, budgeted, chunk_size=16)])
+    assert len(calls) == 2 + math.ceil((n_scored + 40) / 16) and sum(calls[2:]) == n_scored and max(calls) <= 16
+    assert torch.allclose(got, plain, atol=1e-6)

@@ -172,21 +172,14 @@ def test_variants_the_algebra_makes_equal_are_flagged_equivalent(tmp_path):
 
 def test_a_non_finite_loss_stops_training_naming_the_pairs(tmp_path, toy_tokenizer):
     import torch
-    from datasets import Dataset
-    from transformers import TrainingArguments
 
-    from dpo_testlib import tiny_model, toy_pairs
-    from marco_train.train.dpo_data import PairCollator
-    from marco_train.train.dpo_trainer import FineGrainedDPOTrainer
-    from marco_train.train.losses import LossConfig
+    from dpo_testlib import dpo_trainer, tiny_model, toy_pairs
 
     examples, _ = tokenize_pairs(toy_pairs(toy_tokenizer, 2), toy_tokenizer, get_task("toy"), 512)
     for e in examples:
         e["ref_logps"] = [0.0, float("nan"), 0.0, -1.0]  # a corrupted reference cache entry
-    trainer = FineGrainedDPOTrainer(model=tiny_model(toy_tokenizer), train_dataset=Dataset.from_list(examples),
-                                    args=TrainingArguments(str(tmp_path), per_device_train_batch_size=2, max_steps=1,
-                                                           report_to=[], use_cpu=True, remove_unused_columns=False),
-                                    data_collator=PairCollator(toy_tokenizer.pad_token_id), loss_config=LossConfig())
+    trainer = dpo_trainer(tiny_model(toy_tokenizer), examples, tmp_path, toy_tokenizer.pad_token_id, budget=4096,
+                          global_batch=2)
     with pytest.raises(FloatingPointError, match=r"non-finite DPO loss at step 0 on pairs \[\d, \d\]"):
         trainer.train()
     assert not torch.isnan(next(trainer.model.parameters())).any()  # no update was applied

@@ -1,4 +1,5 @@
-"""SFT: the loss covers exactly the response tokens; packing keeps samples apart (or is refused); LoRA merge."""
+"""SFT: the loss covers exactly the response tokens; packing (on by default where exact) keeps samples apart and
+gives the unpacked loss and gradients, or is refused; LoRA merge."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def one_thread():
 
 
 def sft_cfg(**kw):
-    training = TrainingConfig(global_batch_size=2, per_device_batch_size=2, max_steps=2, learning_rate=1e-3,
-                              max_length=kw.pop("max_length", 256))
+    training = TrainingConfig(global_batch_size=kw.pop("global_batch_size", 2),
+                              per_device_batch_size=kw.pop("per_device_batch_size", 2), max_steps=2,
+                              learning_rate=1e-3, max_length=kw.pop("max_length", 256))
     return OmegaConf.structured(sft.Config(inputs={"data": "split", "model": "bootstrap"}, training=training, **kw))
 
 
@@ -51,7 +53,7 @@ def trainer_for(tmp_path, rows, toy_tokenizer, **kw):
 
 
 def test_sft_loss_covers_exactly_the_response_tokens(tmp_path, toy_tokenizer):
-    trainer, _ = trainer_for(tmp_path, ROWS[:2], toy_tokenizer)
+    trainer, _ = trainer_for(tmp_path, ROWS[:2], toy_tokenizer, packing=False)
     task = get_task("toy")
     prompts = [prompt_ids(toy_tokenizer, task, r["question"]) for r in ROWS[:2]]
     responses = [response_ids(toy_tokenizer, r["response"]) for r in ROWS[:2]]
@@ -103,15 +105,42 @@ def test_packed_samples_cannot_attend_to_each_other(tmp_path, toy_tokenizer):
     assert all(labels[a].item() == -100 for a in starts[:-1])  # no sample predicts across a boundary
 
 
+def test_packing_is_the_default_and_gives_the_unpacked_loss_and_gradients(tmp_path, toy_tokenizer):
+    """null packs the toy model (qwen2, sdpa): one packed row per micro-batch, accumulation keeps the global batch;
+    the loss and every gradient equal those of the same samples unpacked (a token mean over their responses)."""
+    packed, _ = trainer_for(tmp_path / "p", ROWS, toy_tokenizer, global_batch_size=3, per_device_batch_size=3)
+    plain, _ = trainer_for(tmp_path / "u", ROWS, toy_tokenizer, packing=False, global_batch_size=3,
+                           per_device_batch_size=3)
+    assert packed.args.packing and "one packed row per micro-batch" in packed.packing_why
+    assert packed.args.per_device_train_batch_size == 1 and packed.args.gradient_accumulation_steps == 3
+    assert not plain.args.packing and plain.args.per_device_train_batch_size == 3
+    grads = []
+    for trainer, rows in ((packed, [packed.train_dataset[0]]), (plain, [plain.train_dataset[i] for i in range(3)])):
+        batch = trainer.data_collator(rows)
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in trainer.model.named_parameters()}))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for name, g in grads[1][1].items():
+        assert (grads[0][1][name] - g).abs().max().item() <= 1e-5 * g.abs().max().item(), name
+
+
 def test_packing_is_refused_where_samples_could_attend_to_each_other():
     with pytest.raises(ConfigError, match="trust_remote_code: true is refused"):
         sft.check_config(OmegaConf.merge(sft_cfg(packing=True), {"model": {"trust_remote_code": True}}),
                          "stages.sft")
-    unknown = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="paged_attention"))
-    with pytest.raises(ConfigError, match="attention 'paged_attention' is refused"):
+    unknown = types.SimpleNamespace(_attn_implementation="paged_attention", model_type="qwen2")
+    with pytest.raises(ConfigError, match="attention 'paged_attention' does not keep packed samples apart"):
         check_packing(sft_cfg(packing=True), unknown)
-    sdpa = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="sdpa"))
-    check_packing(sft_cfg(packing=True), sdpa)
+    assert check_packing(sft_cfg(), unknown) == (False, "attention 'paged_attention' does not keep packed samples "
+                                                        "apart (use flash_attention_2, flash_attention_3, sdpa, eager, "
+                                                        "flex_attention)")
+    sdpa = types.SimpleNamespace(_attn_implementation="sdpa", model_type="llama")
+    assert check_packing(sft_cfg(packing=True), sdpa)[0] and check_packing(sft_cfg(), sdpa)[0]
+    flash = types.SimpleNamespace(_attn_implementation="flash_attention_2", model_type="qwen2")
+    on, why = check_packing(sft_cfg(), flash)
+    assert on and "one packed row" not in why  # varlen kernels take the whole flattened micro-batch
 
 
 def test_lora_merged_save_reloads_to_the_trained_adapter(tmp_path, toy_tokenizer):
@@ -131,8 +160,8 @@ def test_lora_merged_save_reloads_to_the_trained_adapter(tmp_path, toy_tokenizer
         toy_tokenizer, ROWS[1]["response"])])
     with torch.no_grad():
         out, ref, before = merged(ids).logits, reference(ids).logits, base(ids).logits
-    assert torch.allclose(out, ref, atol=1e-5)
-    assert not torch.allclose(out, before, atol=1e-4)  # the adapter did change the model
+    assert torch.allclose(out, ref, atol=1e-4)  # W + BA merged in fp32: rounding, logits up to ~20 here
+    assert not torch.allclose(out, before, atol=1e-2)  # the adapter did change the model (by ~4)
 
 
 def test_a_non_finite_loss_stops_training_with_the_step(tmp_path, toy_tokenizer):

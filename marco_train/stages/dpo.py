@@ -13,6 +13,13 @@ resume), datasets, peft. Ours: the loss (losses.py), the log-prob computation (l
 prefix_sharing.py) and the pair handling (dpo_data.py) — TRL's DPOTrainer has no cDPO for the sigmoid loss, masks a
 prefix only by moving it into the prompt, and cannot share the prefix computation (losses.py).
 
+Batching: a step is training.global_batch_size pairs of a seeded per-epoch order. Its pairs are packed several
+to a row without padding (`packing`, on where exact) into micro-batches of at most `micro_batch_tokens` positions,
+or padded per_device_batch_size pairs at a time; each pair's prompt + shared prefix is computed once
+(`prefix_sharing`, on where exact). Every rank takes as many micro-batches, and the loss is the mean over the
+step's pairs, so the update does not depend on the budget or the world size (train/dpo_batching.py; the layouts
+in train/layouts.py, the support matrix in train/prefix_sharing.py and README.md's Performance section).
+
 Reference: `reference.mode=cached` (default) computes the reference log-probs once, before the policy is loaded,
 and stores them under <experiment dir>/_cache/reference_logps/<key>.safetensors, key = content hash of the
 reference weights + the tokenized pairs + the code computing them (so ablation variants with other β/ε/α share
@@ -52,7 +59,7 @@ INPUTS = {"data": "dataset.name_or_path", "model": "model.name_or_path"}
 RESUMABLE = True
 READS = {"data": ("pairs",), "model": ("model",)}  # what it reads in each input's directory
 # Same math either way (float rounding aside): how to compute, not what.
-EXTRA_RUNTIME_KEYS = ("prefix_sharing", "logprob_chunk_size", "reference_cache_dir")
+EXTRA_RUNTIME_KEYS = ("prefix_sharing", "packing", "micro_batch_tokens", "logprob_chunk_size", "reference_cache_dir")
 
 
 @dataclass
@@ -78,6 +85,10 @@ class Config(StageConfig):
     sft_normalisation: str = "mean"  # mean (per-token NLL of each chosen response) | sum
     truncation: str = "cut_prefix"  # over-long pairs: cut_prefix (cut shared reasoning) | drop
     prefix_sharing: Optional[bool] = None  # null: where exact (support matrix in prefix_sharing.py); true; false
+    packing: Optional[bool] = None  # several pairs per row, no padding; null: where exact (same matrix); true; false
+    # packed: positions per micro-batch; 0 = training.max_length on sdpa/eager (dense masks), else
+    # training.per_device_batch_size x max_length (train/prefix_sharing.py: default_micro_tokens)
+    micro_batch_tokens: int = at_least(0, default=0, hint="0 = auto")
     logprob_chunk_size: int = at_least(1, default=1024)  # scored positions per LM-head chunk
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     reference_cache_dir: str = ""  # empty = <experiment dir>/_cache/reference_logps
@@ -144,9 +155,9 @@ def run(ctx) -> dict:
         training_arguments,
     )
     from ..train.dpo_data import PairCollator, tokenize_pairs
-    from ..train.dpo_trainer import FineGrainedDPOTrainer, sharing
+    from ..train.dpo_trainer import FineGrainedDPOTrainer, layout_choice
     from ..train.model_card import model_card
-    from ..train.prefix_sharing import mask_dtype_for
+    from ..train.prefix_sharing import default_micro_tokens
     from ..train.reference_cache import cached_reference
 
     cfg, started = ctx.cfg, time.time()
@@ -164,10 +175,12 @@ def run(ctx) -> dict:
         for e in examples:
             e["ref_logps"] = table[e["pair_index"]]
 
-    args = training_arguments(cfg.training, ctx.out_dir, ctx.root.seed, cfg.log_every)
+    args = training_arguments(cfg.training, ctx.out_dir, ctx.root.seed, cfg.log_every, own_batching=True)
     policy = load_model(start, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
-    share, why = sharing(ctx, policy.config)
-    ctx.log(f"prefix sharing {'on' if share else 'off'}: {why}")
+    share, pack, why = layout_choice(ctx, policy.config)
+    budget = cfg.micro_batch_tokens or default_micro_tokens(policy.config, cfg.training.per_device_batch_size,
+                                                            cfg.training.max_length)
+    ctx.log(why + (f"; micro-batches of <= {budget} positions" if pack else ""))
     reference = None
     if cfg.reference.mode == "model" and (cfg.reference.name_or_path or not cfg.lora.enabled):
         reference = load_model(ref_path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
@@ -175,12 +188,14 @@ def run(ctx) -> dict:
     if cfg.lora.enabled:
         set_seed(ctx.root.seed)  # the adapters' random init must not depend on what was loaded before
         policy = apply_lora(policy, cfg.lora)
-    collator = PairCollator(tokenizer.pad_token_id, share, losses.needs_prefix_logps, mask_dtype_for(policy.config))
+    collator = PairCollator(tokenizer.pad_token_id, share, losses.needs_prefix_logps, packed=pack)
     trainer = FineGrainedDPOTrainer(model=policy, args=args, train_dataset=Dataset.from_list(examples),
                                     data_collator=collator, processing_class=tokenizer,
                                     callbacks=[TrackerCallback(ctx, cfg.training.save_total_limit)],
                                     loss_config=losses, reference_model=reference,
-                                    chunk_size=cfg.logprob_chunk_size)
+                                    chunk_size=cfg.logprob_chunk_size, global_batch_size=cfg.training.global_batch_size,
+                                    micro_tokens=budget if pack else None,
+                                    micro_pairs=None if pack else cfg.training.per_device_batch_size)
     resume = last_checkpoint(ctx.out_dir)
     if resume:
         ctx.log(f"resuming from {resume}")
@@ -201,5 +216,6 @@ def run(ctx) -> dict:
     return {"pairs": asdict(stats), "steps": result.global_step, "train_loss": run_train_loss(trainer, result, resume),
             "resumed_from": Path(resume).name if resume else None,
             "train_runtime": runtime, "tokens_per_second": round(tokens * epochs / runtime, 1) if runtime else None,
-            "prefix_sharing": {"on": share, "why": why}, "reference": cfg.reference.mode,
+            "prefix_sharing": {"on": share, "why": why}, "packing": {"on": pack, "micro_batch_tokens": budget},
+            "reference": cfg.reference.mode,
             "seconds": round(time.time() - started, 1)}

@@ -12,11 +12,14 @@ prompts.prompt_ids + prompts.response_ids (response + end-of-turn) and completio
 the response; TRL turns that into labels (-100 on the prompt) and the loss covers the response tokens only.
 Sequences longer than training.max_length are refused, not truncated (truncation would cut the answer).
 
-Packing (`packing: true`) uses TRL's best-fit-decreasing packing without padding: each packed sample keeps
-its own position ids, and transformers builds a block-diagonal attention mask from them (flash-attention's
-varlen kernels do the same), so packed samples cannot attend to each other. We only allow it where that
-holds: the attention implementations of transformers' own models, not trust_remote_code models (their
-attention may ignore the position ids; refused with the reason).
+Packing (`packing: null`, the default: on where exact; true; false) uses TRL's best-fit-decreasing packing
+without padding: each packed sample keeps its own position ids, and transformers builds a block-diagonal
+attention mask from them (flash-attention's varlen kernels do the same), so packed samples cannot attend to
+each other and every sample's logits are those it has alone. It is on by default where that holds (the support
+matrix in train/prefix_sharing.py: the verified model types with the attention implementations of transformers'
+own models; true also packs other transformers models), never for trust_remote_code models (their attention may
+ignore the position ids; refused with the reason). With packing, training.global_batch_size and
+per_device_batch_size count packed rows of up to max_length tokens, as in TRL.
 
 LoRA (peft) trains adapters; the final directory holds the adapter, or merged full weights with
 `lora.merge: true` (the adapter then stays in <dir>/adapter). Under ZeRO-3 the full weights are gathered for
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig, at_least, checked
 from ..data.user_data import DatasetConfig, check_dataset_config
@@ -55,7 +59,7 @@ class Config(StageConfig):
     task: str = checked("", check_task_or_recorded)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # a user's own data instead of inputs.data
     max_samples: int = at_least(0, default=0, hint="0 = the whole SFT set")
-    packing: bool = False
+    packing: Optional[bool] = None  # null: on where exact (see the docstring); true; false
     model: ModelConfig = field(default_factory=ModelConfig)  # empty name_or_path = the `model` input's model dir
     training: TrainingConfig = field(default_factory=TrainingConfig)
     lora: SftLoraConfig = field(default_factory=SftLoraConfig)
@@ -102,6 +106,7 @@ def run(ctx) -> dict:
     dataset = tokenize_sft(rows, tokenizer, task, cfg.training.max_length, source)
     trainer = build_trainer(cfg, model_path, dataset, tokenizer, ctx.out_dir, ctx.root.seed, cfg.log_every,
                             callbacks=[TrackerCallback(ctx, cfg.training.save_total_limit)])
+    ctx.log(trainer.packing_why)
     resume = last_checkpoint(ctx.out_dir)
     if resume:
         ctx.log(f"resuming from {resume}")
@@ -117,5 +122,6 @@ def run(ctx) -> dict:
     loss = run_train_loss(trainer, result, resume)
     ctx.log(f"saved {final} after {trainer.state.global_step} steps (train loss {loss:.4f})"
             + (f"; {freed / 2**20:.1f} MiB of optimizer state removed from checkpoints/" if freed else ""))
-    return {"samples": len(rows), "steps": trainer.state.global_step, "train_loss": loss,
+    return {"samples": len(rows), "packing": trainer.packing_why, "steps": trainer.state.global_step,
+            "train_loss": loss,
             "resumed_from": Path(resume).name if resume else None, "model": str(final)}

@@ -60,18 +60,21 @@ def _init_deepspeed() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo")
 
 
-def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_class=TrainingArguments, **extra):
+def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_class=TrainingArguments,
+                       own_batching: bool = False, **extra):
     """TrainingArguments (or `args_class`, e.g. trl.SFTConfig) from a TrainingConfig; checkpoints go to
-    <stage dir>/checkpoints. `extra` are further keyword arguments of `args_class`."""
+    <stage dir>/checkpoints. `extra` are further keyword arguments of `args_class`. own_batching: the trainer
+    forms each step's micro-batches itself (the dpo trainer): one dataloader item per step, no accumulation."""
     if cfg.deepspeed:
         if not Path(cfg.deepspeed).exists():
             raise ConfigError(f"deepspeed: file '{cfg.deepspeed}' not found (see configs/deepspeed/)")
         _init_deepspeed()
     precision = resolve_precision(cfg.precision)
-    accumulation = gradient_accumulation(cfg.global_batch_size, cfg.per_device_batch_size, dist.world_size())
+    accumulation = 1 if own_batching else gradient_accumulation(cfg.global_batch_size, cfg.per_device_batch_size,
+                                                                dist.world_size())
     return args_class(
         output_dir=str(Path(out_dir) / "checkpoints"),
-        per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_train_batch_size=1 if own_batching else cfg.per_device_batch_size,
         gradient_accumulation_steps=accumulation,
         learning_rate=cfg.learning_rate,
         max_steps=cfg.max_steps,

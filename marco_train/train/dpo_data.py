@@ -91,27 +91,33 @@ def tokenize_pairs(rows: Iterable[dict], tokenizer, task, max_length: int, trunc
 
 
 class PairCollator:
-    """Batches of tokenized pairs -> a log-prob layout (unshared rows, or the prefix-shared tree).
+    """Batches of tokenized pairs -> a log-prob layout (layouts.py): unshared or prefix-shared trees, padded rows
+    or one packed row.
 
     score_prefix=False skips scoring the shared-prefix tokens (when no loss term reads them).
     Cached reference log-probs (a `ref_logps` column) are passed through as a [B, 4] tensor.
     """
 
-    def __init__(self, pad_token_id: int, shared: bool = False, score_prefix: bool = True, mask_dtype=None):
-        self.pad_token_id, self.shared = pad_token_id, shared
-        self.score_prefix, self.mask_dtype = score_prefix, mask_dtype
+    def __init__(self, pad_token_id: int, shared: bool = False, score_prefix: bool = True, packed: bool = False):
+        self.pad_token_id, self.shared, self.score_prefix, self.packed = pad_token_id, shared, score_prefix, packed
+
+    def tokens(self, example: Dict) -> int:
+        """Positions the example takes in a packed row of this layout."""
+        from .layouts import pair_tokens
+
+        return pair_tokens(example, self.shared)
+
+    def scored(self, example: Dict) -> int:
+        """Scored positions of the example (LM-head rows)."""
+        return len(example["chosen_ids"]) + len(example["rejected_ids"]) + (
+            len(example["prefix_ids"]) * (1 if self.shared else 2) if self.score_prefix else 0)
 
     def __call__(self, examples: Sequence[Dict]) -> Dict:
         import torch
 
-        from .logprobs import unshared_layout
+        from .layouts import build_layout
 
-        if self.shared:
-            from .prefix_sharing import shared_layout
-
-            layout = shared_layout(examples, self.pad_token_id, self.score_prefix, self.mask_dtype)
-        else:
-            layout = unshared_layout(examples, self.pad_token_id, self.score_prefix)
+        layout = build_layout(examples, self.pad_token_id, self.shared, self.packed, self.score_prefix)
         layout["pair_index"] = torch.tensor([int(e["pair_index"]) for e in examples], dtype=torch.long)
         if "ref_logps" in examples[0]:
             layout["ref_logps"] = torch.tensor([list(e["ref_logps"]) for e in examples], dtype=torch.float32)

@@ -8,70 +8,27 @@ module, so DeepSpeed ZeRO-3's hooks gather its (possibly tied) weight. TRL's fus
 does the same for "position j predicts token j+1" rows; we need arbitrary (position, target) pairs because the
 prefix-shared layout (prefix_sharing.py) is a tree, so this 40-line version is ours.
 
-The seam: a *layout* is the batch dict a collator builds from tokenized pairs (dpo_data.PairCollator):
-  input_ids [R, T], attention_mask ([R, T] padding mask, or [R, 1, T, T] for the prefix-shared tree),
-  position_ids [R, T] (tree layout only), score_index [N] (flat r*T+t of the hidden state that predicts a
-  scored token), score_target [N], score_segment [N] (pair*4 + segment, segments: chosen prefix, chosen suffix,
-  rejected prefix, rejected suffix), segment_tokens [B, 4] (token counts of those segments, whether or not the
-  prefix was scored), prefix_shared (scalar: 1 when the prefix was scored once for both responses).
-`pair_logps(model, layout)` turns any layout into per-pair segment sums (losses.SideLogps); the unshared
-layout lives here, the shared one in prefix_sharing.py, and the loss cannot tell them apart.
+The seam: a *layout* is the batch dict built from tokenized pairs (layouts.build_layout, through
+dpo_data.PairCollator): rows, position ids, and for every scored token the hidden state that predicts it and its
+segment. `pair_logps(model, layout)` turns any layout (unshared or prefix-shared, padded or packed) into per-pair
+segment sums (losses.SideLogps), and the loss cannot tell the layouts apart. Trees get their attention mask here,
+at forward time on the model's device, in the form the model's attention takes (prefix_sharing.tree_attention_mask).
+Under ZeRO-3 every module call is a collective, so a layout may fix the number of LM-head chunks (`score_budget`:
+the most scored positions any rank has at that micro-batch; dpo_batching.py sets it).
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .layouts import SEGMENTS
 from .losses import SideLogps
+from .prefix_sharing import tree_attention_mask
 
-SEGMENTS = 4  # chosen prefix, chosen suffix, rejected prefix, rejected suffix
 DEFAULT_CHUNK_SIZE = 1024
-# Keys of a layout the model never sees.
-SCORE_KEYS = ("score_index", "score_target", "score_segment", "segment_tokens", "prefix_shared", "pair_index",
-              "ref_logps")
-
-
-def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
-def unshared_layout(pairs: Sequence[dict], pad_token_id: int, score_prefix: bool = True) -> Dict[str, torch.Tensor]:
-    """Two right-padded rows per pair, all chosen rows then all rejected rows: prompt + prefix + suffix.
-
-    `pairs` items have prompt_ids, prefix_ids (shared response prefix), chosen_ids, rejected_ids (suffixes).
-    The response token at index i of a row starting its response at L sits at L+i and is predicted at L+i-1.
-    """
-    rows, index, target, segment = [], [], [], []
-    n = len(pairs)
-    for side, key in ((0, "chosen_ids"), (1, "rejected_ids")):
-        for b, p in enumerate(pairs):
-            prompt, prefix, suffix = p["prompt_ids"], p["prefix_ids"], p[key]
-            rows.append(list(prompt) + list(prefix) + list(suffix))
-            start = len(prompt) if score_prefix else len(prompt) + len(prefix)
-            for pos in range(start, len(rows[-1])):
-                index.append((side * n + b, pos - 1))
-                target.append(rows[-1][pos])
-                segment.append(b * SEGMENTS + 2 * side + (pos >= len(prompt) + len(prefix)))
-    input_ids = _pad(rows, pad_token_id)
-    width = input_ids.shape[1]
-    lengths = torch.tensor([len(r) for r in rows])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
-        "score_index": torch.tensor([r * width + t for r, t in index], dtype=torch.long),
-        "score_target": torch.tensor(target, dtype=torch.long),
-        "score_segment": torch.tensor(segment, dtype=torch.long),
-        "segment_tokens": segment_tokens(pairs),
-        "prefix_shared": torch.tensor(0),
-    }
-
-
-def segment_tokens(pairs: Sequence[dict]) -> torch.Tensor:
-    return torch.tensor([[len(p["prefix_ids"]), len(p["chosen_ids"]), len(p["prefix_ids"]), len(p["rejected_ids"])]
-                         for p in pairs], dtype=torch.long)
 
 
 def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -81,17 +38,21 @@ def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
 
 
 def chunked_token_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                        chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
-    """log p(target | hidden) for N hidden states [N, H]; at most chunk_size x vocab logits live at once."""
+                        chunk_size: int = DEFAULT_CHUNK_SIZE, chunks: Optional[int] = None) -> torch.Tensor:
+    """log p(target | hidden) for N hidden states [N, H]; at most chunk_size x vocab logits live at once.
+
+    `chunks` fixes the number of LM-head calls (some may be empty); it must give chunks of at most chunk_size."""
     from torch.utils.checkpoint import checkpoint
 
     track = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
+    chunks = chunks if chunks is not None else max(1, math.ceil(hidden.shape[0] / chunk_size))
+    if hidden.shape[0] > chunks * chunk_size:
+        raise ValueError(f"{hidden.shape[0]} scored positions do not fit {chunks} chunks of {chunk_size}")
     parts: List[torch.Tensor] = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
+    for h, t in zip(torch.tensor_split(hidden, chunks), torch.tensor_split(targets, chunks)):
         parts.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False) if track
                      else _chunk_logps(lm_head, h, t))
-    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    return torch.cat(parts)
 
 
 def _unwrap(model):
@@ -125,6 +86,8 @@ def check_plain_lm_head(model, hidden: torch.Tensor, logits: torch.Tensor) -> No
 def final_hidden_states(model, layout: Dict[str, torch.Tensor]) -> torch.Tensor:
     """[R, T, H] inputs of the LM head. Runs through `model` itself (DDP/DeepSpeed wrappers see a forward)."""
     kwargs = {k: v for k, v in layout.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    if "seq_ids" in layout:  # trees: the mask in the form this model's attention takes
+        kwargs["attention_mask"] = tree_attention_mask(_unwrap(model).config, layout)
     out = model(**kwargs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
     hidden = out.hidden_states[-1]
     check_plain_lm_head(model, hidden[:, -1], out.logits[:, -1])
@@ -136,7 +99,10 @@ def pair_logps(model, layout: Dict[str, torch.Tensor], chunk_size: int = DEFAULT
     """(chosen, rejected) segment sums of the scored response tokens under `model`, for any layout."""
     hidden = final_hidden_states(model, layout)
     flat = hidden.reshape(-1, hidden.shape[-1])[layout["score_index"]]
-    logps = chunked_token_logps(_unwrap(model).get_output_embeddings(), flat, layout["score_target"], chunk_size)
+    budget = layout.get("score_budget")
+    chunks = max(1, math.ceil(int(budget) / chunk_size)) if budget is not None else None
+    head = _unwrap(model).get_output_embeddings()
+    logps = chunked_token_logps(head, flat, layout["score_target"], chunk_size, chunks)
     n_pairs = layout["segment_tokens"].shape[0]
     sums = logps.new_zeros(n_pairs * SEGMENTS).index_add(0, layout["score_segment"], logps).view(n_pairs, SEGMENTS)
     return sides(sums, layout)

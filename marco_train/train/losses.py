@@ -51,6 +51,7 @@ class SideLogps:
 @dataclass
 class LossOutput:
     loss: torch.Tensor  # scalar: mean over pairs of dpo + α·sft
+    pair_loss: torch.Tensor  # [B] dpo + α·sft per pair (the trainer weighs them over a whole step)
     dpo: torch.Tensor  # [B] cDPO loss per pair
     sft: torch.Tensor  # [B] SFT term per pair (before α)
     delta: torch.Tensor  # [B] Δ
@@ -109,7 +110,7 @@ def fine_grained_dpo_loss(policy_chosen: SideLogps, policy_rejected: SideLogps, 
     delta = dpo_delta(pc, pr, rc, rr, cfg.beta)
     dpo = cdpo_loss(delta, cfg.epsilon)
     sft = sft_nll(policy_chosen, cfg.mask_sft_prefix, cfg.sft_normalisation)
-    loss = (dpo + cfg.alpha * sft).mean()
-    return LossOutput(loss=loss, dpo=dpo, sft=sft, delta=delta,
+    pair_loss = dpo + cfg.alpha * sft
+    return LossOutput(loss=pair_loss.mean(), pair_loss=pair_loss, dpo=dpo, sft=sft, delta=delta,
                       chosen_rewards=(cfg.beta * (pc - rc)).detach(), rejected_rewards=(cfg.beta * (pr - rr)).detach(),
                       policy_chosen=pc.detach(), policy_rejected=pr.detach())

@@ -1,119 +1,165 @@
-"""Exact prefix-shared DPO log-probs: each pair's prompt + shared prefix is computed once, not twice.
+"""Exact prefix-shared DPO log-probs, packing, and the support matrix (which backends share, pack, both, neither).
 
 Under causal attention a suffix token's log-prob depends only on the tokens before it, so chosen and rejected
-can share the forward over prompt + shared response prefix. We pack each pair into ONE row shaped as a tree:
+can share the forward over prompt + shared response prefix. Each pair becomes ONE tree (layouts.tree_piece):
 
-    [ trunk = prompt + prefix minus its last token | last, chosen suffix | last, rejected suffix | pad ]
+    [ trunk = prompt + prefix minus its last token | last, chosen suffix | last, rejected suffix ]
 
-with a 4D attention mask: the trunk is causal; each branch attends to the trunk and causally to itself, never
-to the other branch. Position ids continue from the end of the prefix in both branches. The last shared token
-is repeated at the head of each branch (one extra token per pair) so that every scored token is predicted by
-one hidden state of its own branch. Prefix tokens are scored once, in the trunk, and serve both responses.
+The trunk is causal; each branch attends to the trunk and causally to itself, never to the other branch.
+Position ids continue from the end of the prefix in both branches. The last shared token is repeated at the
+head of each branch (one extra token per pair) so that every scored token is predicted by one hidden state of
+its own branch. Prefix tokens are scored once, in the trunk, and serve both responses. Packed, several trees
+share one row back to back (sequence ids keep them apart); unpacked, each tree has its own padded row.
+
+`tree_mask_mod` is the one definition of who may attend to whom; it builds both the dense [R, 1, T, T] mask
+(sdpa, eager; on CPU the only path that trains, so packed rows are bounded by the micro-batch token budget)
+and the FlexAttention block mask (flex_attention: blocks that are fully masked are skipped, no [T, T] tensor).
 
 Why a tree mask in one forward rather than KV branching (prefix forward with use_cache, then the suffixes on
 `past_key_values`): one forward keeps DDP, DeepSpeed ZeRO-3 (one all-gather pass per step) and gradient
 checkpointing (which drops `past_key_values` in transformers) exactly as they are, the gradient reaches the
-shared part through one graph, and it works unchanged for the frozen reference and for precomputing it. The
-cost is a materialised [T, T] mask per row, which rules out flash-attention-2 (no arbitrary masks) and SDPA's
-flash kernel (SDPA uses its masked kernels instead) — a FlexAttention block mask would lift that on GPUs.
+shared part through one graph, and it works unchanged for the frozen reference and for precomputing it.
 
-Support matrix (`decide()`; prefix_sharing: null (auto) switches off and says why, true raises, false never shares):
-  on:  sdpa and eager attention; model types in SUPPORTED_MODEL_TYPES (rotary position ids, standard 4D masks);
-       gradient checkpointing; DDP; DeepSpeed ZeRO-2/3; LoRA; policy, frozen reference and reference precompute.
-  off: flash_attention_2 / flex_attention / other kernels (no tree mask); sliding-window layers (a 4D mask
-       replaces the window, so it would not be exact); other model types (unverified position handling).
+Support matrix (`decide` for sharing, `decide_packing` for packing; null = where exact, true = raise if not,
+false = never). README.md's Performance section has the table.
+  share: sdpa, eager (dense tree mask), flex_attention (block mask; its backward is FlexAttention's and is not
+         run here: torch refuses it on CPU, launchers/gpu_smoke.py checks it on a GPU); model types in
+         SUPPORTED_MODEL_TYPES; no sliding-window layers (a 4D mask replaces the window, so it would not be exact).
+  pack:  every attention in PACKING_ATTENTION, flash-attention included (unshared pieces: transformers reads the
+         sequence starts from the position ids; for flash-attention these are its varlen kernels), sliding windows
+         included (transformers combines window and packing); model types in SUPPORTED_MODEL_TYPES (an explicit
+         true also packs other transformers models, unverified); never trust_remote_code models.
+  both:  where both hold: sdpa, eager, flex_attention on the verified model types without sliding windows.
+  Parallelism does not change a cell: DDP, DeepSpeed ZeRO-2/3, LoRA and gradient checkpointing all take every
+  layout (ranks take the same number of micro-batches and LM-head chunks: dpo_batching.py).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
-from .logprobs import SEGMENTS, segment_tokens
-
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-SUPPORTED_ATTENTION = ("sdpa", "eager")
+TREE_ATTENTION = ("sdpa", "eager", "flex_attention")
+# Attention implementations that keep packed samples apart by their position ids (transformers' own models).
+PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention")
+# ... of which these attend a packed row through a dense [T, T] mask: exact, but the attention cost grows with the
+# row length T, so their packed rows are kept to training.max_length (flash-attention and FlexAttention skip the
+# work across samples and take longer rows).
+DENSE_MASK_ATTENTION = ("sdpa", "eager")
 
 
-def decide(config, force: Optional[bool] = None) -> Tuple[bool, str]:
+def attention_of(config) -> str:
+    return getattr(config, "_attn_implementation", None) or "eager"
+
+
+def _sliding(config) -> bool:
+    return "sliding_attention" in (getattr(config, "layer_types", None) or ()) or bool(
+        getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
+
+
+def _refuse(key: str, reason: str) -> None:
+    raise ValueError(f"{key}: true, but {reason}; leave it null (auto) or set false")
+
+
+def decide(config, force: Optional[bool] = None, trust_remote_code: bool = False) -> Tuple[bool, str]:
     """(share the prefix?, why) for a model config. force=None: when exact; True: raise if not; False: never."""
     if force is False:
         return False, "prefix_sharing: false"
-    attn = getattr(config, "_attn_implementation", None) or "eager"
-    sliding = "sliding_attention" in (getattr(config, "layer_types", None) or ()) or (
-        getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
-    if attn not in SUPPORTED_ATTENTION:
-        reason = f"attention '{attn}' cannot take a tree mask (use sdpa or eager)"
+    attn = attention_of(config)
+    if trust_remote_code:
+        reason = "a trust_remote_code model's attention may not take our masks"
+    elif attn not in TREE_ATTENTION:
+        reason = f"attention '{attn}' cannot take a tree mask (use {', '.join(TREE_ATTENTION)})"
     elif config.model_type not in SUPPORTED_MODEL_TYPES:
         reason = f"model type '{config.model_type}' is not verified for tree masks ({', '.join(SUPPORTED_MODEL_TYPES)})"
-    elif sliding:
+    elif _sliding(config):
         reason = "sliding-window attention layers: a 4D mask would replace the window"
     else:
-        return True, f"shared prefix computed once per pair ({attn} tree mask)"
+        kind = "block mask" if attn == "flex_attention" else "dense tree mask"
+        return True, f"shared prefix computed once per pair ({attn}, {kind})"
     if force:
-        raise ValueError(f"prefix_sharing: true, but {reason}; leave it null (auto) or set false")
+        _refuse("prefix_sharing", reason)
     return False, reason
 
 
-def mask_dtype_for(config) -> Optional[torch.dtype]:
-    """SDPA takes a boolean mask (True = attend); eager adds the mask to the scores, so it needs a float one."""
-    return None if getattr(config, "_attn_implementation", "sdpa") == "sdpa" else torch.float32
+def decide_packing(config, force: Optional[bool] = None, trust_remote_code: bool = False) -> Tuple[bool, str]:
+    """(pack without padding?, why): several sequences or trees per row, kept apart exactly."""
+    if force is False:
+        return False, "packing: false"
+    attn = attention_of(config)
+    if trust_remote_code:
+        reason = "a trust_remote_code model's attention may ignore the per-sample position ids"
+    elif attn not in PACKING_ATTENTION:
+        reason = f"attention '{attn}' does not keep packed samples apart (use {', '.join(PACKING_ATTENTION)})"
+    elif config.model_type not in SUPPORTED_MODEL_TYPES and not force:
+        reason = f"model type '{config.model_type}' is not verified for packing ({', '.join(SUPPORTED_MODEL_TYPES)})"
+    else:
+        return True, f"packed without padding ({attn})"
+    if force:
+        _refuse("packing", reason)
+    return False, reason
 
 
-def tree_mask(branch: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """[R, 1, T, T] mask from branch ids [R, T] (0 trunk, 1 chosen, 2 rejected, -1 padding).
+def dense_mask(config) -> bool:
+    return attention_of(config) in DENSE_MASK_ATTENTION
 
-    Built with numpy: collators run many small ops, and torch's intra-op threads make those slow on busy CPUs.
-    """
-    import numpy as np
 
-    b = branch.numpy()
-    width = b.shape[1]
-    causal = np.tril(np.ones((width, width), dtype=bool))  # [query, key]: key <= query
-    key, query = b[:, None, :], b[:, :, None]
-    allowed = causal[None] & (key >= 0) & ((key == 0) | (key == query))
-    allowed |= np.eye(width, dtype=bool)[None] & (query < 0)  # padding attends to itself: no empty rows
-    allowed = torch.from_numpy(allowed[:, None])
+def default_micro_tokens(config, per_device_batch_size: int, max_length: int) -> int:
+    """The dpo stage's micro_batch_tokens: 0 (auto) = max_length on dense-mask attention (a packed row then costs at
+    most one max-length row of attention), per_device_batch_size x max_length where the kernel skips across trees."""
+    return max_length if dense_mask(config) else per_device_batch_size * max_length
+
+
+def tree_mask_mod(seq_ids: torch.Tensor, branch_ids: torch.Tensor):
+    """FlexAttention's mask_mod(b, h, q, kv) for rows of trees: True = q may attend to kv.
+
+    Same tree (seq id) and causal in row order (trunk, then chosen, then rejected), kv in the trunk or in q's own
+    branch; padding (-1) attends only to itself, so no row is empty. Indices may be scalars (vmap, block mask) or
+    broadcasting tensors (the dense mask)."""
+    def mask_mod(b, h, q, kv):
+        seq_q, seq_kv = seq_ids[b, q], seq_ids[b, kv]
+        branch_kv = branch_ids[b, kv]
+        visible = (seq_q == seq_kv) & (seq_kv >= 0) & (kv <= q) & ((branch_kv == 0) | (branch_kv == branch_ids[b, q]))
+        return visible | ((q == kv) & (seq_q < 0))
+
+    return mask_mod
+
+
+def dense_tree_mask(seq_ids: torch.Tensor, branch_ids: torch.Tensor, dtype: Optional[torch.dtype] = None):
+    """[R, 1, T, T]: boolean (sdpa: True = attend), or additive in `dtype` (eager: 0 or the dtype's minimum)."""
+    rows, width = seq_ids.shape
+    idx = torch.arange(width, device=seq_ids.device)
+    rows_idx = torch.arange(rows, device=seq_ids.device)[:, None, None]
+    allowed = tree_mask_mod(seq_ids, branch_ids)(rows_idx, None, idx[None, :, None], idx[None, None, :])[:, None]
     if dtype is None:
         return allowed
-    return torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def shared_layout(pairs: Sequence[dict], pad_token_id: int, score_prefix: bool = True,
-                  mask_dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
-    """One tree row per pair (see the module docstring); same score/segment contract as logprobs.unshared_layout."""
-    rows, branches, positions, index, target, segment = [], [], [], [], [], []
-    for b, p in enumerate(pairs):
-        shared = list(p["prompt_ids"]) + list(p["prefix_ids"])
-        chosen, rejected = list(p["chosen_ids"]), list(p["rejected_ids"])
-        n_shared, n_chosen, prompt_len = len(shared), len(chosen), len(p["prompt_ids"])
-        rows.append(shared + chosen + shared[-1:] + rejected)
-        branches.append([0] * (n_shared - 1) + [1] * (n_chosen + 1) + [2] * (len(rejected) + 1))
-        positions.append(list(range(n_shared + n_chosen)) + list(range(n_shared - 1, n_shared + len(rejected))))
-        if score_prefix:  # prefix token i sits at prompt_len + i and is predicted in the trunk, once
-            for pos in range(prompt_len, n_shared):
-                index.append((b, pos - 1))
-                target.append(shared[pos])
-                segment.append(b * SEGMENTS)
-        for j, tok in enumerate(chosen):  # predicted by the branch head (the repeated last token) or its predecessor
-            index.append((b, n_shared - 1 + j))
-            target.append(tok)
-            segment.append(b * SEGMENTS + 1)
-        for j, tok in enumerate(rejected):
-            index.append((b, n_shared + n_chosen + j))
-            target.append(tok)
-            segment.append(b * SEGMENTS + 3)
-    width = max(len(r) for r in rows)
-    pad = lambda seq, value: [list(s) + [value] * (width - len(s)) for s in seq]  # noqa: E731
-    branch = torch.tensor(pad(branches, -1), dtype=torch.long)
-    return {
-        "input_ids": torch.tensor(pad(rows, pad_token_id), dtype=torch.long),
-        "attention_mask": tree_mask(branch, mask_dtype),
-        "position_ids": torch.tensor(pad(positions, 0), dtype=torch.long),
-        "score_index": torch.tensor([r * width + t for r, t in index], dtype=torch.long),
-        "score_target": torch.tensor(target, dtype=torch.long),
-        "score_segment": torch.tensor(segment, dtype=torch.long),
-        "segment_tokens": segment_tokens(pairs),
-        "prefix_shared": torch.tensor(1),
-    }
+_COMPILED = {}
+
+
+def block_tree_mask(seq_ids: torch.Tensor, branch_ids: torch.Tensor):
+    """The FlexAttention BlockMask of the same mask_mod (built by a compiled create_block_mask on CUDA, as torch
+    recommends, so no [T, T] tensor is built there either)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    create = create_block_mask
+    if seq_ids.is_cuda:
+        create = _COMPILED.setdefault("create_block_mask", torch.compile(create_block_mask))
+    rows, width = seq_ids.shape
+    return create(tree_mask_mod(seq_ids, branch_ids), rows, None, width, width, device=seq_ids.device)
+
+
+def tree_attention_mask(config, layout: Dict[str, torch.Tensor]):
+    """The attention mask a model with `config` takes for a tree layout (dense for sdpa/eager, block for flex)."""
+    attn, seq, branch = attention_of(config), layout["seq_ids"], layout["branch_ids"]
+    if attn == "sdpa":
+        return dense_tree_mask(seq, branch)
+    if attn == "eager":  # eager adds the mask to the scores
+        return dense_tree_mask(seq, branch, torch.float32)
+    if attn == "flex_attention":
+        return block_tree_mask(seq, branch)
+    raise ValueError(f"attention '{attn}' cannot take a tree mask; prefix sharing should have been off (decide())")

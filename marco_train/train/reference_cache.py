@@ -20,10 +20,11 @@ from ..code_hash import CodeIndex, code_digest
 from ..fingerprint import hash_cache, input_identity
 from ..io import hash_json
 from ..models import load_model, resolve_attention, resolve_dtype
+from .dpo_batching import first_fit_decreasing
 from .dpo_data import PairCollator
-from .dpo_trainer import sharing
+from .dpo_trainer import layout_choice
 from .logprobs import segment_sums_table
-from .prefix_sharing import mask_dtype_for
+from .prefix_sharing import default_micro_tokens
 
 
 def reference_cache_path(ctx, ref_path: str, examples) -> Path:
@@ -50,14 +51,15 @@ def cached_reference(ctx, ref_path: str, examples) -> dict:
         return {i: row for i, row in enumerate(values.tolist())}
     model = load_model(ref_path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code,
                        device=dist.device()).eval()
-    share, why = sharing(ctx, model.config)
-    ctx.log(f"precomputing reference log-probs for {len(examples)} pairs ({'shared' if share else 'unshared'}"
-            f" prefix: {why}) -> {path}")
+    share, pack, why = layout_choice(ctx, model.config)
+    ctx.log(f"precomputing reference log-probs for {len(examples)} pairs ({why}) -> {path}")
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    collate = PairCollator(pad, share, score_prefix=True, mask_dtype=mask_dtype_for(model.config))
+    collate = PairCollator(pad, share, score_prefix=True, packed=pack)
     mine, size = examples[dist.rank()::dist.world_size()], cfg.training.per_device_batch_size
-    batches = ({k: v.to(dist.device()) for k, v in collate(mine[i:i + size]).items()}
-               for i in range(0, len(mine), size))
+    budget = cfg.micro_batch_tokens or default_micro_tokens(model.config, size, cfg.training.max_length)
+    groups = (first_fit_decreasing([collate.tokens(e) for e in mine], budget) if pack else
+              [range(i, min(i + size, len(mine))) for i in range(0, len(mine), size)])  # as the training steps do
+    batches = ({k: v.to(dist.device()) for k, v in collate([mine[j] for j in group]).items()} for group in groups)
     table = {}
     for part in dist.all_gather_object(segment_sums_table(model, batches, cfg.logprob_chunk_size)):
         table.update(part)

@@ -1,4 +1,4 @@
-"""The sft stage's pieces: tokenising the SFT set to the prompt contract, the packing guard, TRL's SFTTrainer.
+"""The sft stage's pieces: tokenising the SFT set to the prompt contract, the packing decision, TRL's SFTTrainer.
 
 input_ids = the prompt (prompts.row_messages: the task's messages for the row's question, or a user row's own
 prompt messages, through the chat template) + prompts.response_ids (response + end-of-turn), completion_mask 0 on
@@ -12,16 +12,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset
+from omegaconf import OmegaConf
 from trl import SFTConfig, SFTTrainer
 
 from ..config import ConfigError
 from ..io import DataError
-from ..models import load_model
+from ..models import load_model, resolve_attention
 from ..prompts import chat_prompt_ids, response_ids, row_messages
 from .common import peft_config, training_arguments
-
-# Attention implementations that honour per-sample position ids in packed rows (transformers' own models).
-PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention")
+from .prefix_sharing import decide_packing, dense_mask
 
 
 def tokenize_sft(rows, tokenizer, task, max_length: int, where: str = "sft") -> Dataset:
@@ -39,17 +38,15 @@ def tokenize_sft(rows, tokenizer, task, max_length: int, where: str = "sft") -> 
     return Dataset.from_dict({"input_ids": input_ids, "completion_mask": masks})
 
 
-def check_packing(cfg, model) -> None:
-    if not cfg.packing:
-        return
-    if cfg.model.trust_remote_code:
-        raise ConfigError("packing: true with model.trust_remote_code: true is refused: a remote-code model's "
-                          "attention may ignore the per-sample position ids, and packed samples would then attend to "
-                          "each other; set packing: false")
-    impl = getattr(model.config, "_attn_implementation", None)
-    if impl not in PACKING_ATTENTION:
-        raise ConfigError(f"packing: true with attention '{impl}' is refused: only {', '.join(PACKING_ATTENTION)} "
-                          f"keep packed samples from attending to each other; set packing: false")
+def check_packing(cfg, model_config):
+    """(pack?, why) for the stage's `packing` key (null: where exact, the support matrix in prefix_sharing.py)."""
+    try:
+        pack, why = decide_packing(model_config, cfg.packing, cfg.model.trust_remote_code)
+    except ValueError as e:
+        raise ConfigError(f"{e}; packed samples must not attend to each other") from None
+    if pack and dense_mask(model_config):
+        why += "; one packed row per micro-batch (a dense mask over TRL's flattened batch would grow with it)"
+    return pack, why
 
 
 class StageSFTTrainer(SFTTrainer):
@@ -59,11 +56,31 @@ class StageSFTTrainer(SFTTrainer):
 
 def build_trainer(cfg, model_path, train_dataset, tokenizer, out_dir: Path, seed: int, log_every: int = 10,
                   callbacks=()) -> SFTTrainer:
-    """The SFTTrainer for an sft stage config (also used by tests and the ZeRO-3 check)."""
-    args = training_arguments(cfg.training, out_dir, seed, log_every, args_class=SFTConfig,
-                              max_length=cfg.training.max_length, packing=cfg.packing, packing_strategy="bfd",
+    """The SFTTrainer for an sft stage config (also used by tests and the ZeRO-3 check).
+
+    Packing is decided from the model's config before the arguments exist (ZeRO-3 partitions the weights while
+    they load, under the arguments' DeepSpeed config). On dense-mask attention (sdpa, eager) a packed micro-batch
+    is one row: TRL's padding-free collator flattens a micro-batch into one sequence, and a dense mask over it
+    would cost attention quadratic in per_device_batch_size x max_length; gradient accumulation keeps the global
+    batch (transformers normalises the loss over the tokens of the whole accumulated batch, so the step is the same).
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_path), trust_remote_code=cfg.model.trust_remote_code)
+    config._attn_implementation = resolve_attention(cfg.model.attn_implementation)
+    pack, why = check_packing(cfg, config)
+    training = cfg.training
+    if pack and dense_mask(config):
+        training = OmegaConf.merge(training, {"per_device_batch_size": 1})
+    args = training_arguments(training, out_dir, seed, log_every, args_class=SFTConfig,
+                              max_length=cfg.training.max_length, packing=pack, packing_strategy="bfd",
                               completion_only_loss=True)
     model = load_model(model_path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
-    check_packing(cfg, model)
-    return StageSFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                      peft_config=peft_config(cfg.lora) if cfg.lora.enabled else None, callbacks=list(callbacks))
+    if pack and model.config._attn_implementation != config._attn_implementation:
+        raise ConfigError(f"packing was decided for attention '{config._attn_implementation}' but the model loaded "
+                          f"with '{model.config._attn_implementation}'; set model.attn_implementation explicitly")
+    trainer = StageSFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                              peft_config=peft_config(cfg.lora) if cfg.lora.enabled else None,
+                              callbacks=list(callbacks))
+    trainer.packing_why = f"packing {'on' if pack else 'off'}: {why}"
+    return trainer
