@@ -1,9 +1,9 @@
 """The pieces of benchmarks/dpo_throughput.py: pair sources, the model, the trainers, token accounting.
 
 Pair sources: the fixed shapes (prompt, shared prefix, divergent tokens per side), `real` (the demo's split at
-1,024 searched problems: benchmarks/data/demo_split_1024_lengths.json holds each pair's four lengths; token ids
-are drawn at random with exactly those lengths), or a split stage directory (its pairs tokenized with the toy
-tokenizer, real token ids).
+1,024 searched problems before its step checker: benchmarks/data/demo_split_1024_lengths.json holds each pair's
+four lengths; token ids are drawn at random with exactly those lengths), or a split stage directory (its pairs
+tokenized with the toy tokenizer, real token ids).
 
 Implementations: TRL 1.16's DPOTrainer in its fastest equivalent setup (TRL's `padding_free` is disabled in 1.16:
 it warns and pads), and ours in the four layouts of the support matrix: padded (neither), shared (one padded
