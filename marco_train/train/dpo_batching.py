@@ -100,14 +100,16 @@ class StepDataset(torch.utils.data.Dataset):
             raise ValueError("give micro_tokens (packed layouts) or micro_pairs (padded layouts)")
         self.examples, self.collator, self.global_batch, self.seed = list(examples), collator, global_batch, seed
         self.world, self.rank, self.micro_tokens, self.micro_pairs = world, rank, micro_tokens, micro_pairs
-        self.epoch = 0
+        self.epoch, self._order = 0, (None, None)
 
     def __len__(self) -> int:
         return -(-len(self.examples) // self.global_batch)
 
     def plan(self, step: int):
         """(the step's pair indices, per rank its micro-batches)."""
-        pairs = step_pairs(len(self.examples), self.global_batch, self.seed, self.epoch)[step]
+        if self._order[0] != self.epoch:  # one shuffle per epoch
+            self._order = (self.epoch, step_pairs(len(self.examples), self.global_batch, self.seed, self.epoch))
+        pairs = self._order[1][step]
         sizes = [self.collator.tokens(self.examples[i]) for i in pairs]
         return pairs, plan_step(sizes, self.world, self.micro_tokens, self.micro_pairs)
 

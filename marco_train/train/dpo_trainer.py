@@ -72,6 +72,9 @@ class FineGrainedDPOTrainer(Trainer):
                                      self.micro_pairs)
         return step_loader(self.steps)
 
+    def num_examples(self, dataloader) -> int:
+        return len(self.train_dataset)  # pairs (the dataloader's items are steps)
+
     def _run_epoch(self, *args, **kwargs):
         self.steps.epoch = kwargs["epoch"]  # the step order of this epoch (also when resuming inside it)
         return super()._run_epoch(*args, **kwargs)
