@@ -10,8 +10,8 @@ time), computed/unique positions, peak memory and the first losses. Same ~6.8 M-
 * Sources (benchmarks/dpo_setups.py): `real` = the 576 pairs of the demo's split at 1,024 searched problems,
   before the split's step checker (their lengths: benchmarks/data/demo_split_1024_lengths.json; mean prompt 28,
   shared prefix 28, chosen suffix 45, rejected suffix 31 tokens), in shuffled steps of --pairs; or a split
-  stage directory (`--sources runs/x/split-...`: its pairs, real token ids); `long` = 64 prompt + 192 shared + 32 divergent per side,
-  `short` = 64 + 16 + 32 (fixed shapes: no padding to save, so packing cannot help much).
+  stage directory (`--sources runs/x/split-...`: its pairs, real token ids); `long` = 64 prompt + 192 shared
+  + 32 divergent per side, `short` = 64 + 16 + 32 (fixed shapes: no padding to save, so packing cannot help much).
 * TRL 1.16 DPOTrainer, fastest equivalent setup: the shared prefix moved into the prompt (the masked semantics),
   reference log-probs precomputed, loss_type=["sigmoid", "sft"] (weights 1, 1), bf16 and gradient checkpointing
   off (TRL turns both on by default; on CPU they cost 8x / 3.5x). Its `padding_free` is disabled in 1.16 (it
