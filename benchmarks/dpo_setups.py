@@ -118,7 +118,8 @@ def build_trl(args, pairs, out_dir):
     config = DPOConfig(**common_args(args, out_dir), per_device_train_batch_size=args.pairs, beta=BETA,
                        loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], precompute_ref_log_probs=True,
                        precompute_ref_batch_size=args.pairs, max_length=None)
-    return PreTokenizedDPOTrainer(model=make_model(args.device, args.attn), args=config,
+    attn = args.attn if args.attn in ("sdpa", "eager", "flash_attention_2") else "sdpa"  # TRL on flex: not set up
+    return PreTokenizedDPOTrainer(model=make_model(args.device, attn), args=config,
                                   train_dataset=Dataset.from_list(rows),
                                   processing_class=load_tokenizer(REPO / "marco_train/toy/checkpoint"))
 
@@ -156,7 +157,7 @@ def why_not(args, impl: str):
     if args.attn == "flex_attention" and args.device == "cpu":
         return "FlexAttention has no backward on CPU (torch 2.13)"
     if impl == "trl":
-        return None if args.attn in ("sdpa", "eager", "flash_attention_2") else f"TRL with {args.attn}: not set up"
+        return None
     from marco_train.train.prefix_sharing import decide, decide_packing
 
     config = make_config(args.attn)
