@@ -228,7 +228,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads, the same for every configuration (1: "
                    "stable on a machine shared with other jobs; 2 threads there spin and wait)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--attn", default="sdpa", help="attention implementation for every trainer")
+    p.add_argument("--attn", default="sdpa", help="attention implementation of every trainer (TRL: sdpa under "
+                   "flex_attention); layouts it cannot take are skipped, saying why")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)  # child: one configuration alone
     p.add_argument("--interleaved", action="store_true", help=argparse.SUPPRESS)  # child: the timing run
