@@ -29,11 +29,19 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true",
                    help=f"on an error, show the full traceback (also: {TRACEBACK_ENV}=1)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.dpo.beta=0.2 (before or after flags)")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", "-q", action="store_true", help="print warnings and errors only")
+    loud.add_argument("--verbose", "-v", action="store_true",
+                      help="print debug lines too, and the libraries' own output (bars, info logs) as they make it")
     return p
 
 
 def _parse(p: argparse.ArgumentParser, argv):
-    return p.parse_intermixed_args(argv)  # `--until sft key=value` as well as `key=value --until sft`
+    from . import logs
+
+    args = p.parse_intermixed_args(argv)  # `--until sft key=value` as well as `key=value --until sft`
+    logs.setup("quiet" if args.quiet else "verbose" if args.verbose else None)
+    return args
 
 
 def _one_line(text: str) -> str:
@@ -84,16 +92,18 @@ def pipeline_main(argv=None, prog: str = "marco-train run") -> None:
         results = run_plan(plan, start=args.start, until=args.until, force=args.force, dry_run=args.dry_run)
     if not args.dry_run:
         from .report import print_report
+        from .tracking import print_sync_hint
 
         print_report(plan, results)
+        print_sync_hint(plan)
 
 
 def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
     """Run an ablation grid (one DAG of named variants) and write its table as markdown, CSV and a W&B table."""
-    from . import report
+    from . import logs, report
     from .io import atomic_write_text
     from .pipeline import build_plan, equivalent_stages, run_plan
-    from .tracking import Tracker
+    from .tracking import print_sync_hint
 
     p = _parser(prog, ablate_main.__doc__)
     p.add_argument("--dry-run", action="store_true", help="print the plan and the equivalence warnings only")
@@ -110,12 +120,11 @@ def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
     out = plan.experiment_dir
     atomic_write_text(out / "ablation.md", report.markdown(header, rows))
     atomic_write_text(out / "ablation.csv", report.csv_text(header, raw))
-    tracker = Tracker(out / "_ablation", experiment=plan.root.experiment, name="ablation", kind="ablation",
-                      config={"config_file": args.config, "overrides": args.overrides},
-                      project=plan.root.wandb.project, entity=plan.root.wandb.entity, mode=plan.root.wandb.mode)
-    tracker.table("ablation", header, rows)
-    tracker.finish()
-    print("\naccuracy (no-answer rate)\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
+    report.track_table(plan, results, "ablation", out / "_ablation", {"config_file": args.config,
+                                                                       "overrides": args.overrides})
+    print_sync_hint(plan)
+    if not logs.quiet():
+        print("\naccuracy (no-answer rate)\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
 
 
 def stage_main(kind: str | None, argv=None, prog: str = "") -> None:

@@ -139,6 +139,7 @@ def run(ctx) -> dict:
         checkpoint_step,
         finish_checkpoints,
         last_checkpoint,
+        our_console,
         run_train_loss,
         save_final,
         training_arguments,
@@ -181,6 +182,7 @@ def run(ctx) -> dict:
                                     callbacks=[TrackerCallback(ctx, cfg.training.save_total_limit)],
                                     loss_config=losses, reference_model=reference,
                                     chunk_size=cfg.logprob_chunk_size)
+    our_console(trainer)
     resume = last_checkpoint(ctx.out_dir)
     if resume:
         ctx.log(f"resuming from {resume}")

@@ -18,7 +18,7 @@ from ..config import ConfigError
 from ..io import DataError
 from ..models import load_model
 from ..prompts import chat_prompt_ids, response_ids, row_messages
-from .common import peft_config, training_arguments
+from .common import our_console, peft_config, training_arguments
 
 # Attention implementations that honour per-sample position ids in packed rows (transformers' own models).
 PACKING_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager", "flex_attention")
@@ -65,5 +65,6 @@ def build_trainer(cfg, model_path, train_dataset, tokenizer, out_dir: Path, seed
                               completion_only_loss=True)
     model = load_model(model_path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     check_packing(cfg, model)
-    return StageSFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                      peft_config=peft_config(cfg.lora) if cfg.lora.enabled else None, callbacks=list(callbacks))
+    return our_console(StageSFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
+                                       peft_config=peft_config(cfg.lora) if cfg.lora.enabled else None,
+                                       callbacks=list(callbacks)))
