@@ -6,8 +6,10 @@ stderr is not a terminal.
   `2026-12-01 12:46:22 [marco-train] INFO mcts: 32 trees, ...`; the other ranks print warnings and errors only,
   marked `rank N:`. quiet: warnings and errors only; verbose: debug lines too, and the libraries left as they are.
 - `quiet_libraries()` (every stage calls it before its work; not under verbose): transformers' and datasets'
-  progress bars and their info and warning logs off (errors stay), DeepSpeed's "Setting accelerator to CPU" line
-  (DS_ACCELERATOR=cpu where there is no CUDA), Python warnings on the ranks other than 0 (rank 0 shows each once).
+  progress bars off ("Loading weights", "Writing model shards", TRL's dataset maps) and their advisory notes;
+  their warnings stay on rank 0 (a weight that did not load is worth a line) and go on the other ranks (rank 0
+  says the same), as do Python warnings; DeepSpeed's "Setting accelerator to CPU" line (DS_ACCELERATOR=cpu where
+  there is no CUDA).
 - `progress(total, desc)`: a tqdm bar on a terminal; otherwise (a SLURM log, a pipe) one line every
   PROGRESS_SECONDS and one at the end, never a carriage return. Nothing on ranks other than 0, nothing under quiet.
 """
@@ -127,25 +129,29 @@ def quiet_libraries() -> None:
     if _state["libraries"] or verbosity() == "verbose":
         return
     _state["libraries"] = True
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    other_rank = _rank() != 0
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("DATASETS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if other_rank:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DATASETS_VERBOSITY", "error")
     import torch
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed would warn that it found no accelerator
     import transformers.utils.logging as transformers_logging
 
-    transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
+    if other_rank:
+        transformers_logging.set_verbosity_error()
     if "datasets" in sys.modules:  # imported before the variables above were set
         import datasets
 
         datasets.disable_progress_bars()
-        datasets.logging.set_verbosity_error()
-    if _rank() != 0:
+        if other_rank:
+            datasets.logging.set_verbosity_error()
+    if other_rank:
         warnings.simplefilter("ignore")  # rank 0 shows the same warning
 
 
