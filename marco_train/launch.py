@@ -69,6 +69,7 @@ def run_subprocess(plan, s, force: bool = False) -> None:
 
     planned = {name: plan.stages[name].fingerprint for name in plan.upstream(s.name) if name != s.name}
     env = dict(os.environ, **{LOCK_ENV: str(s.out_dir.resolve()), PLANNED_ENV: json.dumps(planned)})
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several ranks, without its banner about it
     proc = subprocess.Popen(stage_command(plan, s, force), env=env, preexec_fn=die_with_parent)
     try:
         code = proc.wait()

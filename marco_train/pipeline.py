@@ -31,7 +31,6 @@ from .fingerprint import (
     changes,
     environment_fingerprints,
     fingerprint_of,
-    flatten,
     local_content_changed,
 )
 from .io import atomic_write_json, atomic_write_text, hash_json
@@ -89,7 +88,7 @@ def read_done(out_dir: Path) -> Optional[Dict[str, Any]]:
     if problem:
         if str(path) not in _warned:
             _warned.add(str(path))
-            dist.log(f"warning: {path}: {problem}; the stage counts as not done and runs again")
+            dist.warn(f"{path}: {problem}; the stage counts as not done and runs again")
         return None
     return record
 
@@ -295,9 +294,11 @@ def _clear(directory: Path, keep: tuple) -> None:
 
 def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str, Any]:
     """Run one stage instance here (all ranks of a torchrun job call this). Returns its summary."""
-    from .tracking import Tracker
+    from . import logs
+    from .tracking import stage_tracker
 
     dist.init(s.cfg.dist_timeout_s)
+    logs.quiet_libraries()
     planned_dir = os.environ.get(LOCK_ENV)
     if planned_dir and Path(planned_dir).name.startswith(f"{s.name}-") and planned_dir != str(s.out_dir.resolve()):
         raise StageError(f"stage '{s.name}': the runner planned {planned_dir} but this process fingerprints "
@@ -324,9 +325,7 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
             atomic_write_text(s.out_dir / "config.yaml", to_yaml(s.cfg))
         dist.barrier()
         started = time.time()
-        tracker = Tracker(s.out_dir, experiment=plan.root.experiment, name=s.name, kind=s.kind,
-                          config=OmegaConf.to_container(s.cfg, resolve=True), project=plan.root.wandb.project,
-                          entity=plan.root.wandb.entity, mode=plan.root.wandb.mode)
+        tracker = stage_tracker(plan, s)  # upstream stages' outputs marked as its inputs
         ctx = StageContext(s.name, s.kind, s.cfg, plan.root, s.out_dir,
                            {k: plan.stages[v].out_dir for k, v in s.inputs.items()}, s.fingerprint, tracker)
         dist.log(f"{s.name}: running ({s.kind}) -> {s.out_dir}")
@@ -334,7 +333,9 @@ def execute_stage(plan: Plan, s: StageInstance, force: bool = False) -> Dict[str
         dist.barrier()
         fault_point(s.name, "before_done", s.kind)
         if dist.is_main():
-            tracker.summary({k: v for k, v in flatten(summary).items() if isinstance(v, (int, float))})
+            # the summary's values are already logged under the stage's keys: W&B's summary shows their last values
+            tracker.summary({"stage_seconds": round(time.time() - started, 2)})
+            tracker.log_outputs(s.name, s.kind, s.out_dir, s.fingerprint)
             atomic_write_json(s.out_dir / DONE_FILE, {
                 "stage": s.name, "kind": s.kind, "fingerprint": s.fingerprint,
                 "fingerprint_inputs": s.fingerprint_inputs, "seconds": round(time.time() - started, 2),

@@ -114,7 +114,7 @@ def test_an_unknown_task_or_a_missing_problem_file_fails_at_plan_time(tmp_path, 
     code, err = cli(capsys, "configs/demo.yaml", runs, "stages.eval_base.task=gsm9k")
     assert code == 2 and one_line(err) == (
         "command-line override 'stages.eval_base.task=gsm9k': stages.eval_base.task: unknown task 'gsm9k' (known: "
-        "toy, gsm8k, math500, aime, blocksworld, multi_if)")
+        "toy, gsm8k, math500, aime, blocksworld, multi_if, or your own module by its dotted name)")
     code, err = cli(capsys, "configs/demo.yaml", "--dry-run", runs, "stages.mcts.problems_file=mcts_data/toy.jsonl")
     assert code == 2 and one_line(err) == (
         "command-line override 'stages.mcts.problems_file=mcts_data/toy.jsonl': stages.mcts.problems_file: problem "
@@ -164,5 +164,6 @@ def test_overrides_may_follow_flags(tmp_path, capsys):
     """Before: `--until sft key=value` was rejected ("unrecognized arguments")."""
     pipeline_main(["--config", "configs/demo.yaml", "--dry-run", "--until", "sft", f"runs_dir={tmp_path}",
                    "stages.sft.training.learning_rate=1e-3"])
-    planned = [line.split()[2] for line in capsys.readouterr().out.splitlines() if "[dry-run]" in line]
+    planned = [line.split("[dry-run] ", 1)[1].split()[0] for line in capsys.readouterr().out.splitlines()
+               if "[dry-run]" in line]
     assert planned == ["bootstrap", "mcts", "split", "sft"]

@@ -84,7 +84,7 @@ def test_dry_run_from_another_directory_with_python_dash_m(tmp_path):
                            f"runs_dir={tmp_path / 'runs'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    planned = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("[marco-train] [dry-run]")]
+    planned = [line.split("[dry-run] ", 1)[1].split()[0] for line in proc.stdout.splitlines() if "[dry-run]" in line]
     assert planned == ["bootstrap", "mcts", "eval_base", "split", "sft", "dpo", "eval_sft", "eval_dpo"]
     assert not (tmp_path / "runs").exists()
 

@@ -134,8 +134,8 @@ def test_unknown_nested_key_lists_its_own_section_and_the_nearest_name():
         "command-line override 'stages.sft.training.learning_rte=1e-4': unknown key 'stages.sft.training.learning_rte' "
         "for 'stages.sft.training' (its keys: global_batch_size, per_device_batch_size, learning_rate, max_steps, "
         "epochs, warmup_ratio, weight_decay, max_length, precision, gradient_checkpointing, save_steps, "
-        "save_total_limit, keep_optimizer_state, deepspeed); did you mean 'learning_rate'? fix the spelling or "
-        "remove it")
+        "save_total_limit, keep_optimizer_state, deepspeed, extra_args); did you mean 'learning_rate'? fix the "
+        "spelling or remove it")
     with pytest.raises(ConfigError, match=r"unknown key 'stages.mcts.node_types.thinking.chidren' for "
                                           r"'stages.mcts.node_types.thinking' \(its keys: children, prefills, "
                                           r"max_tokens, special\); did you mean 'children'\?"):

@@ -78,7 +78,7 @@ def test_dry_run_names_the_changed_module_and_an_edited_plug_in_stage_reruns(clo
     edit(root / "marco_train/faults.py", "nth = int(parts[2]) if len(parts) > 2 else 1",
          "nth = int(parts[2]) if len(parts) > 2 else 1\n    nth = max(nth, 1)")
     out = python(*run, "--dry-run").stdout
-    lines = {line.split()[2]: line for line in out.splitlines() if "[dry-run]" in line}
+    lines = {line.split("[dry-run] ", 1)[1].split()[0]: line for line in out.splitlines() if "[dry-run]" in line}
     assert "RUN: changed since a-" in lines["a"] and "code of marco_train.faults changed" in lines["a"]
     assert "code of marco_train.faults changed" in lines["b"] and "upstream a changed" in lines["b"]
     python(*run)
@@ -265,7 +265,7 @@ def test_a_damaged_done_file_counts_as_not_done(tmp_path, monkeypatch, capsys, c
     capsys.readouterr()
     run_plan(build_plan(config), dry_run=True)
     out = capsys.readouterr().out
-    assert f"warning: {done}: " in out and "the stage counts as not done and runs again" in out
+    assert f"WARNING {done}: " in out and "the stage counts as not done and runs again" in out
     line = next(x for x in out.splitlines() if "[dry-run] b " in x)
     assert f"RUN: its {DONE_FILE} is unreadable: runs again" in line
     results = run_plan(build_plan(config))

@@ -98,7 +98,7 @@ def test_dry_run_explains(chain, capsys):
     run()
     run("stages.b.value=7", dry_run=True)
     out = capsys.readouterr().out
-    lines = {line.split()[2]: line for line in out.splitlines() if "[dry-run]" in line}
+    lines = {line.split("[dry-run] ", 1)[1].split()[0]: line for line in out.splitlines() if "[dry-run]" in line}
     assert "cached" in lines["a"] and "cached" in lines["side"]
     assert "config.value: 10 -> 7" in lines["b"]
     assert "upstream b changed" in lines["c"]

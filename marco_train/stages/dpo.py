@@ -150,6 +150,7 @@ def run(ctx) -> dict:
         checkpoint_step,
         finish_checkpoints,
         last_checkpoint,
+        our_console,
         run_train_loss,
         save_final,
         training_arguments,
@@ -196,6 +197,7 @@ def run(ctx) -> dict:
                                     chunk_size=cfg.logprob_chunk_size, global_batch_size=cfg.training.global_batch_size,
                                     micro_tokens=budget if pack else None,
                                     micro_pairs=None if pack else cfg.training.per_device_batch_size)
+    our_console(trainer)
     resume = last_checkpoint(ctx.out_dir)
     if resume:
         ctx.log(f"resuming from {resume}")

@@ -15,8 +15,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-from tqdm import tqdm
-
 from .. import dist
 from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, path_field
 from ..engines import ENGINES, engine_from_config
@@ -24,12 +22,16 @@ from ..engines.base import check_prompts_fit
 from ..eval.generate import sample
 from ..eval.metrics import score_samples, summarize
 from ..io import atomic_write_json, atomic_write_text
+from ..logs import progress
 from ..models import model_dir
 from ..tasks import check_problems_source, check_task, get_task
 
 KIND = "eval"
 INPUTS = {"model": "model.name_or_path"}  # the checkpoint to evaluate
-EXTRA_RUNTIME_KEYS = ("variant", "engine_options")
+EXTRA_RUNTIME_KEYS = ("variant", "engine_options", "wandb_samples")
+# the columns of the W&B samples table (samples.jsonl has them all)
+SAMPLE_COLUMNS = ("id", "question", "reference", "predicted", "correct", "no_answer", "truncated", "format_ok",
+                  "response_tokens", "response")
 READS = {"model": ("model",)}  # what it reads in its input's directory (checked before it runs)
 
 
@@ -53,6 +55,7 @@ class Config(StageConfig):
     temperature: float = at_least(0.0, default=1.0)
     test_at: List[int] = at_least(1, default_factory=lambda: [1])
     model: ModelConfig = field(default_factory=ModelConfig)
+    wandb_samples: int = at_least(0, default=100, hint="0 = no table")  # rows of the W&B table eval/samples
 
 
 def check_config(cfg, prefix: str, where) -> None:
@@ -75,7 +78,7 @@ def run(ctx) -> dict:
     check_prompts_fit(engine, task, problems, cfg.problems_file)
     mine = problems[dist.rank()::dist.world_size()]  # ranks split the problems; rank 0 gathers
     sampling = cfg.samples_per_problem > 1
-    with tqdm(total=len(mine), desc=f"{ctx.name}: problems", disable=not dist.is_main()) as bar:
+    with progress(len(mine), f"{ctx.name}: problems", unit="problems") as bar:
         gens = sample(engine, task, mine, cfg.samples_per_problem, cfg.max_new_tokens or task.max_new_tokens,
                       cfg.temperature, ctx.root.seed, progress=bar)
     expanded = [p for p in mine for _ in range(cfg.samples_per_problem)]
@@ -87,6 +90,9 @@ def run(ctx) -> dict:
         atomic_write_text(ctx.out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         atomic_write_json(ctx.out_dir / "metrics.json", metrics)
         ctx.tracker.log({f"eval/{k}": v for k, v in metrics.items()}, step=0)
+        if cfg.wandb_samples:
+            ctx.tracker.table("samples", list(SAMPLE_COLUMNS),
+                              [[r[c] for c in SAMPLE_COLUMNS] for r in records[:cfg.wandb_samples]])
     finished = metrics["no_answer_rate_finished"]
     ctx.log(f"accuracy {metrics['accuracy']:.1%}  no-answer {metrics['no_answer_rate']:.1%} (among finished "
             f"{'-' if finished is None else f'{finished:.1%}'})  truncated {metrics['truncation_rate']:.1%}  format "

@@ -13,8 +13,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-from tqdm import tqdm
-
 from .. import dist
 from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, path_field
 from ..data.diagnostics import diagnostics_line, for_summary, plot_confidence, scalars, tree_diagnostics
@@ -23,6 +21,7 @@ from ..engines import ENGINES, engine_from_config, prefix_cache_counts
 from ..engines.base import check_prompts_fit
 from ..faults import fault_point
 from ..io import append_jsonl, atomic_write_json, read_jsonl, repair_jsonl_tail
+from ..logs import progress
 from ..mcts.policy import NodeTypeConfig, Policy, default_node_types
 from ..mcts.search import Searcher, SearchKeys, SearchSettings
 from ..mcts.tree import StopRules, to_record
@@ -116,7 +115,7 @@ def run(ctx) -> dict:
             check_prompts_fit(e, task, problems, cfg.problems_file)
         searcher = Searcher(Policy(cfg), SearchSettings.from_config(cfg, ctx.root.seed), task, engine, special)
         started = time.time()
-        bar = tqdm(total=len(mine), initial=step0, desc=f"{ctx.name}: trees", disable=not dist.is_main())
+        bar = progress(len(mine), f"{ctx.name}: trees", initial=step0, unit="trees")
 
         def on_done(tree, in_flight: int) -> None:
             append_jsonl(shard, [to_record(tree, cfg.task, ctx.fingerprint, cfg.save_token_ids)])
@@ -150,6 +149,7 @@ def run(ctx) -> dict:
         ctx.tracker.log({**{f"mcts/{k}": v for k, v in summary.items() if isinstance(v, (int, float))},
                          **{f"mcts/{k}": v for k, v in scalars(diag).items()}}, step=max(len(mine), 1))
         ctx.tracker.image("mcts/confidence", ctx.out_dir / "confidence.png")
+        ctx.tracker.html("trees", rendered_trees(shard.parent))
     summary["diagnostics"] = dist.broadcast_object(summary.get("diagnostics"))
     ctx.log(f"{summary['trees']} trees, {summary['nodes']} nodes, depth {summary['mean_depth']:.1f} "
             f"(max {summary['max_depth']}), {summary['reflections']} reflections, "
@@ -183,6 +183,22 @@ def summarize(trees_dir, n_problems: int) -> dict:
             "mean_iterations": round(sum(t["iterations"] for t in trees) / len(trees), 2),
             "tokens_generated": sum(t["tokens_generated"] for t in trees),
             "stop_reasons": dict(Counter(t["stop_reason"] for t in trees))}
+
+
+def rendered_trees(trees_dir, count: int = 3) -> str:
+    """An HTML page (data/tree_html.py) of a few trees for W&B: the first solved, failed and with a reflection."""
+    from ..data.tree_html import page
+    from ..data.tree_view import matches
+
+    trees = sorted(read_tree_files(trees_dir), key=lambda t: t.problem_id)
+    picked = {}
+    for wanted in ({"solved": True}, {"failed": True}, {"with_reflection": True}, {}):
+        for t in trees:
+            if len(picked) < count and t.problem_id not in picked and matches(t, **wanted):
+                picked[t.problem_id] = t
+                if wanted:
+                    break
+    return page(list(picked.values()), title=f"{len(picked)} of {len(trees)} trees")
 
 
 def shard_path(out_dir, rank: int):

@@ -1,6 +1,10 @@
 """Tasks: where problems come from and how an answer is extracted and verified.
 
 The search's reward and the eval stage both use these, so "correct" means the same everywhere.
+A task is one of TASK_MODULES by name (`task: gsm8k`) or, like a stage kind, a user's own module by its dotted
+name (`task: mylab.tasks.units`, importable from PYTHONPATH) that defines `TASK`, an instance of a `Task` subclass
+(docs/tutorials/your_own_task.md). A plug-in task's import closure is part of the fingerprint of every stage that
+names it, as a stage's own is (fingerprint.py).
 """
 
 from __future__ import annotations
@@ -18,15 +22,39 @@ TASK_MODULES = {"toy": "marco_train.tasks.toy",
                 "multi_if": "marco_train.tasks.multi_if"}
 
 
+def is_plugin(name: str) -> bool:
+    """A dotted name is a user's own task module."""
+    return "." in (name or "")
+
+
+def _plugin(name: str):
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"task module '{name}' is not importable ({e}); check PYTHONPATH") from None
+    task = getattr(module, "TASK", None)
+    if not isinstance(task, Task):
+        raise ValueError(f"task module '{name}' defines no TASK, an instance of a marco_train.tasks.base.Task "
+                         f"subclass (has: {type(task).__name__ if task is not None else 'nothing'})")
+    return task
+
+
 def get_task(name: str) -> Task:
+    if is_plugin(name):
+        return _plugin(name)
     if name not in TASK_MODULES:
-        raise ValueError(f"unknown task '{name}' (known: {', '.join(TASK_MODULES)})")
+        raise ValueError(f"unknown task '{name}' (known: {', '.join(TASK_MODULES)}, or your own module by its "
+                         f"dotted name)")
     return importlib.import_module(TASK_MODULES[name]).TASK
 
 
 def check_task(name: str, section=None) -> Optional[str]:
-    """A config field check (config.checked): the task name must be known."""
-    return None if name in TASK_MODULES else f"unknown task '{name}' (known: {', '.join(TASK_MODULES)})"
+    """A config field check (config.checked): the task name must be known, or name an importable task module."""
+    try:
+        get_task(name)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def check_task_or_recorded(name: str, section=None) -> Optional[str]:
@@ -44,4 +72,4 @@ def check_problems_source(source: str, section) -> Optional[str]:
 
 
 __all__ = ["Problem", "Task", "check_problems_source", "check_task", "check_task_or_recorded", "get_task",
-           "load_problems_file"]
+           "is_plugin", "load_problems_file"]

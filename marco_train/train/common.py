@@ -33,6 +33,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from .. import dist
 from ..config import ConfigError, LoraConfig, ModelConfig, gradient_accumulation
+from ..extra_args import merged as merged_extra_args
 from ..faults import fault_point
 from ..models import load_model, model_dir, on_gpu, resolve_gradient_checkpointing
 
@@ -63,8 +64,10 @@ def _init_deepspeed() -> None:
 def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_class=TrainingArguments,
                        own_batching: bool = False, **extra):
     """TrainingArguments (or `args_class`, e.g. trl.SFTConfig) from a TrainingConfig; checkpoints go to
-    <stage dir>/checkpoints. `extra` are further keyword arguments of `args_class`. own_batching: the trainer
-    forms each step's micro-batches itself (the dpo trainer): one dataloader item per step, no accumulation."""
+    <stage dir>/checkpoints. `extra` are the stage's further keyword arguments of `args_class`; the user's
+    `training.extra_args` (checked at plan time: marco_train/extra_args.py) come on top of our defaults.
+    own_batching: the trainer forms each step's micro-batches itself (the dpo trainer): one dataloader item per
+    step, no accumulation."""
     if cfg.deepspeed:
         if not Path(cfg.deepspeed).exists():
             raise ConfigError(f"deepspeed: file '{cfg.deepspeed}' not found (see configs/deepspeed/)")
@@ -94,8 +97,8 @@ def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_
         use_cpu=not on_gpu(),
         ddp_backend="gloo" if not on_gpu() and dist.world_size() > 1 else None,
         remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=not dist.is_main(),
+        disable_tqdm=True,  # TrackerCallback draws the progress (marco_train/logs.py)
+        **merged_extra_args(cfg.extra_args),  # ddp_find_unused_parameters=False, dataloader_num_workers=0, the user's
         **extra,
     )
 
@@ -158,16 +161,31 @@ def finish_checkpoints(out_dir: Path, keep_optimizer_state: bool = False) -> int
 
 
 class TrackerCallback(TrainerCallback):
-    """Forwards the Trainer's logs to ctx.tracker (rank 0), stops on a non-finite loss, marks finished
-    checkpoints COMPLETE, fires the after_checkpoint fault point, then keeps the newest `save_total_limit`
-    complete checkpoints (0 = all)."""
+    """Forwards the Trainer's logs to ctx.tracker (rank 0) and prints them as one of our lines, draws the step
+    progress (a bar on a terminal: marco_train/logs.py), logs at every checkpoint step, stops on a non-finite loss,
+    marks finished checkpoints COMPLETE, fires the after_checkpoint fault point, then keeps the newest
+    `save_total_limit` complete checkpoints (0 = all). `our_console(trainer)` removes the Trainer's own progress
+    and printer callbacks it replaces."""
 
     def __init__(self, ctx, save_total_limit: int = 0):
-        self.ctx, self.save_total_limit = ctx, save_total_limit
+        self.ctx, self.save_total_limit, self.bar = ctx, save_total_limit, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from .. import logs
+
+        if dist.is_main() and logs.progress_bar_wanted():
+            self.bar = logs.progress(state.max_steps, f"{self.ctx.name}: steps", initial=state.global_step,
+                                     unit="steps")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs:
             self.ctx.tracker.log(logs, state.global_step)
+            dist.log(f"{self.ctx.name}: {log_line(logs, state.global_step, state.max_steps)}")
             for key in ("loss", "grad_norm"):  # reduced values: the same on every rank
                 value = logs.get(key)
                 if isinstance(value, (int, float)) and not math.isfinite(value):
@@ -178,6 +196,8 @@ class TrackerCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:  # log at every checkpoint step: its saved log history then has every step's loss
             control.should_log = True
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
 
     def on_save(self, args, state, control, **kwargs):
         dist.barrier()
@@ -205,6 +225,31 @@ def run_train_loss(trainer, result, resumed_from: Optional[str]) -> float:
                            f"logged); re-run the stage with --force")
     steps = trainer.state.global_step
     return (before + result.training_loss * (steps - start)) / max(steps, 1)
+
+
+def our_console(trainer):
+    """The Trainer without its tqdm bar and its printed log dicts: TrackerCallback prints our lines instead."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+FIRST_KEYS = ("loss", "grad_norm", "learning_rate")
+
+
+def log_line(logs: dict, step: int, max_steps: int) -> str:
+    """`step 2/6  loss 0.0205  grad_norm 0.133  learning_rate 8.33e-05  ...  epoch 1`: a Trainer log as one line."""
+    if "train_runtime" in logs:  # the end-of-training record
+        head = "finished"
+    else:
+        head = f"step {step}/{max_steps}"
+    order = [k for k in FIRST_KEYS if k in logs] + sorted(k for k in logs if k not in FIRST_KEYS and k != "epoch")
+    values = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in ((k, logs[k]) for k in order)]
+    if "epoch" in logs:
+        values.append(f"epoch {logs['epoch']:.3g}")
+    return "  ".join([head] + values)
 
 
 def peft_config(lora: LoraConfig) -> PeftLoraConfig:

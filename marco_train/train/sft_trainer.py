@@ -19,7 +19,7 @@ from ..config import ConfigError
 from ..io import DataError
 from ..models import load_model, resolve_attention
 from ..prompts import chat_prompt_ids, response_ids, row_messages
-from .common import peft_config, training_arguments
+from .common import our_console, peft_config, training_arguments
 from .prefix_sharing import decide_packing, dense_mask
 
 
@@ -79,8 +79,9 @@ def build_trainer(cfg, model_path, train_dataset, tokenizer, out_dir: Path, seed
     if pack and model.config._attn_implementation != config._attn_implementation:
         raise ConfigError(f"packing was decided for attention '{config._attn_implementation}' but the model loaded "
                           f"with '{model.config._attn_implementation}'; set model.attn_implementation explicitly")
-    trainer = StageSFTTrainer(model=model, args=args, train_dataset=train_dataset, processing_class=tokenizer,
-                              peft_config=peft_config(cfg.lora) if cfg.lora.enabled else None,
-                              callbacks=list(callbacks))
+    trainer = our_console(StageSFTTrainer(model=model, args=args, train_dataset=train_dataset,
+                                          processing_class=tokenizer,
+                                          peft_config=peft_config(cfg.lora) if cfg.lora.enabled else None,
+                                          callbacks=list(callbacks)))
     trainer.packing_why = f"packing {'on' if pack else 'off'}: {why}"
     return trainer
