@@ -84,9 +84,11 @@ def pipeline_main(argv=None) -> None:
 
 
 def ablate_main(argv=None) -> None:
-    """Run an ablation grid (one DAG of named variants) and write its table as markdown, CSV and a W&B table."""
+    """Run an ablation grid (one DAG of named variants) and write its table as markdown, CSV and a W&B table;
+    the config's `tables:` (eval/tables.py) also as tables.md / tables.json, with paired intervals."""
     from . import report
-    from .io import atomic_write_text
+    from .eval.tables import render_tables, table_specs
+    from .io import atomic_write_json, atomic_write_text
     from .pipeline import build_plan, equivalent_stages, run_plan
     from .tracking import Tracker
 
@@ -95,6 +97,7 @@ def ablate_main(argv=None) -> None:
     args = _parse(p, argv)
     with user_errors(args.traceback):
         plan = build_plan(args.config, args.overrides)
+        specs = table_specs(plan)  # checked before any work
         for names in equivalent_stages(plan):
             print(f"warning: stages {', '.join(names)} reduce to the same computation (same inputs and an "
                   f"equivalent config); their rows will match", file=sys.stderr)
@@ -111,6 +114,12 @@ def ablate_main(argv=None) -> None:
     tracker.table("ablation", header, rows)
     tracker.finish()
     print("\naccuracy (no-answer rate)\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
+    if specs:
+        with user_errors(args.traceback):
+            text, data = render_tables(plan, specs)
+        atomic_write_text(out / "tables.md", text)
+        atomic_write_json(out / "tables.json", data)
+        print("\n" + text + f"\nwritten to {out}/tables.md, .json")
 
 
 def stage_main(kind: str | None, argv=None) -> None:
