@@ -44,6 +44,7 @@ def searched(toy_model, toy_tokenizer, tmp_path_factory):
     return searcher, [trees[p.id] for p in problems]
 
 
+@pytest.mark.slow
 def test_every_double_check_and_thinking_from_scratch_sample_comes_from_the_special_model(searched, tmp_path):
     searcher, trees = searched
     special_key = token_key(searcher.special_engine)
@@ -67,6 +68,7 @@ def test_every_double_check_and_thinking_from_scratch_sample_comes_from_the_spec
     assert sum(summary["patterns"].values()) == len(trees)
 
 
+@pytest.mark.slow
 def test_each_tree_records_its_pattern_and_follows_it(searched):
     searcher, trees = searched
     for tree in trees:

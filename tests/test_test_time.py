@@ -58,6 +58,7 @@ def test_test_at_n_and_tokens_at_n_on_hand_made_terminals():
     assert tokens_at(samples, [1, 2]) == {"tokens@1": 6.0, "tokens@2": 8.0}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_a_real_test_time_search_never_sees_the_answer_and_runs_exactly_n_rollouts(toy_model, toy_tokenizer):
     search = OmegaConf.merge(OmegaConf.structured(DecodingSearch),
