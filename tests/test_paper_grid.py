@@ -63,7 +63,7 @@ def test_one_search_one_sft_and_the_sweeps_share_the_cdpo_and_joint_stages(tmp_p
     assert {s.inputs["model"] for s in dpo} == {"sft"}  # one SFT starts every DPO row
     assert {plan.stages[s.inputs["data"]].cfg.rejected for s in dpo} == {"shortest_prefix"}
     sft_stages = [s for s in plan.stages.values() if s.kind == "sft"]
-    assert sorted(s.name for s in sft_stages) == ["sft", "sft_all", "sft_medium", "sft_shortest"]  # SFT-data rows
+    assert sorted(s.name for s in sft_stages) == ["sft", "sft_all", "sft_longest", "sft_medium", "sft_shortest"]
     assert {plan.stages[s.inputs["data"]].inputs["trees"] for s in sft_stages} == {"mcts"}
     specs = table_specs(plan)
     alpha = {r.label: plan.stages[r.eval].inputs["model"] for r in specs["alpha"].rows}
@@ -109,3 +109,14 @@ def test_beta_rescaled_by_the_mean_scored_tokens_of_the_pairs(tmp_path):
     assert mean_scored_tokens(pairs, mask_prefix=False) == (5 + 7 + 1 + 3) / 4  # each with its shared prefix
     with pytest.raises(ConfigError, match="stages.dpo_mean.beta_scale=mean_scored_tokens rescales"):
         build_plan(CONFIG, [f"runs_dir={tmp_path}", "stages.dpo_mean.logp_reduction=sum"])
+
+
+def test_an_empty_sft_set_is_an_error_that_says_why(tmp_path):
+    import pytest
+
+    from marco_train.data.schema import SFT_COLUMNS, load_sft, save_rows
+    from marco_train.io import DataError
+
+    save_rows([], SFT_COLUMNS, tmp_path / "sft")  # e.g. a tercile no query has a path in
+    with pytest.raises(DataError, match=r"sft: the sft set has no rows \(the split stage .* summary.json\)"):
+        load_sft(tmp_path / "sft")

@@ -57,7 +57,7 @@ def fake_plan(tmp_path: Path, rows: dict):
         out = tmp_path / name
         out.mkdir()
         (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        stages[name] = SimpleNamespace(kind="eval", out_dir=out)
+        stages[name] = SimpleNamespace(kind="eval", out_dir=out, inputs={})
     return SimpleNamespace(stages=stages)
 
 
@@ -115,3 +115,23 @@ def test_table_specs_name_a_missing_eval_stage(tmp_path):
                            stages={"e": SimpleNamespace(kind="eval")})
     with pytest.raises(ConfigError, match=r"c.yaml:\d+: tables.t.rows.0.eval 'nope' is not an eval stage"):
         table_specs(plan)
+
+
+def test_a_note_says_when_two_rows_trained_on_identical_pairs_from_different_splits(tmp_path):
+    from marco_train.data.schema import PAIR_COLUMNS, save_rows
+
+    pair = {"id": "q/1-2", "problem_id": "q", "question": "Compute 1 + 2.", "chosen": "<answer>3</answer>",
+            "rejected": "<answer>4</answer>", "shared_prefix_len": 2, "chosen_tokens": 5, "rejected_tokens": 5}
+    plan = fake_plan(tmp_path, {"e1": greedy([True, False]), "e2": greedy([True, False]), "e3": greedy([True, True])})
+    for name, rows in {"s1": [pair], "s2": [pair], "s3": [{**pair, "rejected": "<answer>5</answer>"}]}.items():
+        save_rows(rows, PAIR_COLUMNS, tmp_path / name / "pairs")
+        plan.stages[name] = SimpleNamespace(kind="split", out_dir=tmp_path / name, inputs={}, name=name)
+    for k, (split, eps) in enumerate([("s1", 0.0), ("s2", 0.0), ("s3", 0.0)], start=1):
+        plan.stages[f"d{k}"] = SimpleNamespace(kind="dpo", name=f"d{k}", inputs={"data": split, "model": "sft"},
+                                               fingerprint_inputs={"config": {"epsilon": eps, "inputs": {}}})
+        plan.stages[f"e{k}"].inputs = {"model": f"d{k}"}
+    spec = TableSpec(rows=[TableRow("+DPO", "e1"), TableRow("+data balance", "e2"), TableRow("other", "e3")])
+    text, data = accuracy_table(plan, spec)
+    assert data["notes"] == ["+data balance: s2 and s1 wrote identical pair sets, so its d2 trained on the same "
+                             "data as +DPO's d1 with the same config: the same computation."]
+    assert text.rstrip().endswith("Note: " + data["notes"][0])  # s3's pairs differ: no note for "other"

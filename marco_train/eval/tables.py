@@ -189,6 +189,27 @@ def _paper_diff(spec: TableSpec, i: int, j: int, c: int) -> Optional[float]:
     return round(a[c] - b[c], 4)
 
 
+def same_data_note(plan, spec: TableSpec, i: int, j: int) -> str:
+    """A note when the models of rows i and j were trained on identical data from two different split stages
+    (e.g. a chosen rule with no choice: every query has one candidate), else ""."""
+    from ..data.schema import load_pairs, load_sft
+    from ..io import hash_json
+
+    stages = [plan.stages.get(plan.stages[spec.rows[k].eval].inputs.get("model", "")) for k in (i, j)]
+    if any(s is None or s.kind not in ("sft", "dpo") or "data" not in s.inputs for s in stages) or \
+            stages[0].kind != stages[1].kind or stages[0].inputs["data"] == stages[1].inputs["data"]:
+        return ""
+    what, load, noun = ("pairs", load_pairs, "pair") if stages[0].kind == "dpo" else ("sft", load_sft, "SFT")
+    splits = [plan.stages[s.inputs["data"]] for s in stages]
+    if len({hash_json(load(sp.out_dir / what).to_list()) for sp in splits}) > 1:
+        return ""
+    own = [{k: v for k, v in s.fingerprint_inputs["config"].items() if k != "inputs"} for s in stages]
+    same = own[0] == own[1] and stages[0].inputs["model"] == stages[1].inputs["model"]
+    return (f"{spec.rows[i].label}: {splits[0].name} and {splits[1].name} wrote identical {noun} sets, so its "
+            f"{stages[0].name} trained on the same data as {spec.rows[j].label}'s {stages[1].name}"
+            + (" with the same config: the same computation" if same else "") + ".")
+
+
 def _direction(columns: List[str], sign: int, diffs: List[Optional[float]]) -> str:
     parts = [f"{name}: {verdict(sign, d)}" for name, d in zip(columns, diffs) if d is not None]
     return "; ".join(parts) or "–"
@@ -233,8 +254,11 @@ def accuracy_table(plan, spec: TableSpec) -> tuple:
         cells += [_paper_cell(row, c) for c in range(len(cols))]
         cells += [paper_d, _direction(cols, by_row[i][1]["sign"], diffs) if i in by_row else "–"]
         lines.append("| " + " | ".join(cells) + " |")
+    notes = [n for n in (same_data_note(plan, spec, i, j) for i, j in pairs) if n]
+    if notes:
+        lines += [""] + [f"Note: {n}" for n in notes]
     text = (f"**{spec.title}**\n\n" if spec.title else "") + "\n".join(lines) + "\n"
-    return text, {"title": spec.title, "kind": spec.kind, "problems": len(ids), "rows": stats}
+    return text, {"title": spec.title, "kind": spec.kind, "problems": len(ids), "rows": stats, "notes": notes}
 
 
 def at_n_table(plan, spec: TableSpec) -> tuple:
