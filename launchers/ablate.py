@@ -1,6 +1,6 @@
 """Alias of `marco-train ablate` (marco_train/cli.py): run an ablation grid and print the paper-layout table.
 
-Usage: `python launchers/ablate.py --config configs/ablations/progressive.yaml`.
+Usage: `python launchers/ablate.py --config configs/ablations/paper.yaml`.
 """
 
 import sys

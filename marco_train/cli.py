@@ -99,9 +99,11 @@ def pipeline_main(argv=None, prog: str = "marco-train run") -> None:
 
 
 def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
-    """Run an ablation grid (one DAG of named variants) and write its table as markdown, CSV and a W&B table."""
+    """Run an ablation grid (one DAG of named variants) and write its table as markdown, CSV and a W&B table;
+    the config's `tables:` (eval/tables.py) also as tables.md / tables.json, with paired intervals."""
     from . import logs, report
-    from .io import atomic_write_text
+    from .eval.tables import render_tables, table_specs
+    from .io import atomic_write_json, atomic_write_text
     from .pipeline import build_plan, equivalent_stages, run_plan
     from .tracking import print_sync_hint
 
@@ -110,6 +112,7 @@ def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
     args = _parse(p, argv)
     with user_errors(args.traceback):
         plan = build_plan(args.config, args.overrides)
+        specs = table_specs(plan)  # checked before any work
         for names in equivalent_stages(plan):
             print(f"warning: stages {', '.join(names)} reduce to the same computation (same inputs and an "
                   f"equivalent config); their rows will match", file=sys.stderr)
@@ -125,6 +128,12 @@ def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
     print_sync_hint(plan)
     if not logs.quiet():
         print("\naccuracy (no-answer rate)\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
+    if specs:
+        with user_errors(args.traceback):
+            text, data = render_tables(plan, specs)
+        atomic_write_text(out / "tables.md", text)
+        atomic_write_json(out / "tables.json", data)
+        print("\n" + text + f"\nwritten to {out}/tables.md, .json")
 
 
 def stage_main(kind: str | None, argv=None, prog: str = "") -> None:
@@ -193,7 +202,7 @@ def ls_main(argv=None, prog: str = "marco-train ls") -> None:
 
 
 def cat_main(argv=None, prog: str = "marco-train cat") -> None:
-    """Print a shipped config, by path (configs/demo.yaml) or short name (demo, ablations/alpha)."""
+    """Print a shipped config, by path (configs/demo.yaml) or short name (demo, ablations/paper)."""
     p = argparse.ArgumentParser(prog=prog, description=cat_main.__doc__)
     p.add_argument("name", help="as `marco-train ls` lists it, e.g. configs/demo.yaml, or demo")
     args = p.parse_args(argv)
@@ -237,7 +246,7 @@ examples:
   marco-train run --config demo --dry-run                    # the plan: what runs, what is cached, and why
   marco-train run --config my.yaml --until sft stages.sft.training.learning_rate=5e-5   # key=value overrides
   torchrun --nproc_per_node=8 -m marco_train dpo --config my.yaml      # one stage on 8 GPUs
-  marco-train ablate --config configs/ablations/alpha.yaml
+  marco-train ablate --config configs/ablations/paper.yaml
   marco-train show-tree runs/demo/mcts-<fingerprint> --id toy-t00003
   marco-train ls; marco-train cat demo > my.yaml             # the shipped configs; copy one to edit
 

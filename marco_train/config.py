@@ -57,6 +57,8 @@ class PipelineConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     # name -> stage instance; each validated against its kind's schema by the pipeline.
     stages: Dict[str, Any] = field(default_factory=dict)
+    # name -> result table of an ablation grid (rows mapped onto eval stages); checked by eval/tables.py
+    tables: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

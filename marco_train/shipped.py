@@ -73,7 +73,7 @@ def locate_keys(cfg, keys: List[str]) -> None:
 
 
 def shipped_config(name: str) -> Optional[Path]:
-    """A shipped config by its path (`configs/demo.yaml`) or its short name (`demo`, `ablations/alpha`)."""
+    """A shipped config by its path (`configs/demo.yaml`) or its short name (`demo`, `ablations/paper`)."""
     for candidate in (name, f"configs/{name}", f"configs/{name}.yaml"):
         found = shipped_file(candidate)
         if found is not None and found.is_file():

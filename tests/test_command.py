@@ -56,8 +56,8 @@ def test_ls_lists_the_shipped_configs_and_cat_prints_one(capsys):
     for name in ("demo", "configs/demo.yaml"):
         code, out, _ = command(capsys, "cat", name)
         assert code == 0 and out == (REPO / "configs" / "demo.yaml").read_text()
-    code, out, _ = command(capsys, "cat", "ablations/alpha")
-    assert out == (REPO / "configs" / "ablations" / "alpha.yaml").read_text()
+    code, out, _ = command(capsys, "cat", "ablations/paper")
+    assert out == (REPO / "configs" / "ablations" / "paper.yaml").read_text()
     code, out, err = command(capsys, "cat", "nope")
     assert (code, out) == (2, "") and err.startswith("error: no shipped config 'nope' (shipped: configs/ablations/")
 

@@ -183,3 +183,22 @@ def test_a_non_finite_loss_stops_training_naming_the_pairs(tmp_path, toy_tokeniz
     with pytest.raises(FloatingPointError, match=r"non-finite DPO loss at step 0 on pairs \[\d, \d\]"):
         trainer.train()
     assert not torch.isnan(next(trainer.model.parameters())).any()  # no update was applied
+
+
+@pytest.mark.slow
+def test_beta_scale_multiplies_beta_by_the_mean_scored_tokens_of_the_pairs(tmp_path):
+    import json
+
+    from datasets import load_from_disk
+
+    config = write_config(tmp_path, dpo={"max_steps": 2, "logp_reduction": "mean", "beta_scale": "mean_scored_tokens",
+                                         "epsilon": 0.0, "alpha": 0.0})
+    upstream, dpo_dir = run(config)
+    examples, _ = tokenize_pairs(load_from_disk(str(upstream / "pairs")), load_tokenizer(upstream / "model"),
+                                 get_task("toy"), 512)
+    suffixes = [len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples]  # masked: the suffixes are scored
+    beta = 0.1 * sum(suffixes) / (2 * len(examples))
+    assert json.loads((dpo_dir / "_DONE.json").read_text())["summary"]["beta_effective"] == pytest.approx(beta)
+    logged = read_metrics(dpo_dir)
+    direct = direct_losses(upstream, dpo_dir, 2, beta=beta, epsilon=0.0, masked=True, reduction="mean")
+    assert logged[1]["loss/dpo"] == pytest.approx(direct[1][0], abs=1e-5)  # step 2: the margin at that beta

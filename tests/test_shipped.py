@@ -45,7 +45,7 @@ def test_a_file_in_the_working_directory_wins(elsewhere):
 
 def test_config_short_names(elsewhere):
     assert shipped.config_file("demo") == str(REPO / "configs" / "demo.yaml")
-    assert shipped.config_file("ablations/alpha") == str(REPO / "configs" / "ablations" / "alpha.yaml")
+    assert shipped.config_file("ablations/paper") == str(REPO / "configs" / "ablations" / "paper.yaml")
     assert shipped.config_file("configs/smollm2.yaml") == str(REPO / "configs" / "smollm2.yaml")
     assert shipped.config_file("nope") == "nope"
     (elsewhere / "demo").write_text("experiment: mine\n")

@@ -15,6 +15,7 @@ made elsewhere), and fail naming the file, line (row) and field when one is miss
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict, List
 
@@ -91,6 +92,10 @@ def _load(path, columns: Dict[str, str], required, what: str):
         if not rows:
             raise DataError(f"{path}: no rows")
         return Dataset.from_list(rows)
+    state = path / "state.json"
+    if state.is_file() and not json.loads(state.read_text()).get("_data_files", [None]):
+        raise DataError(f"{path}: the {what} set has no rows (the split stage that wrote it says why it dropped "
+                        f"every query in its summary.json); widen the split's selection or search more problems")
     ds = load_from_disk(str(path))
     missing = [c for c in required if c not in ds.column_names]
     if missing:

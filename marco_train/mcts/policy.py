@@ -12,15 +12,23 @@ In every granularity a node is terminal when its answer closes or the model ends
 answer is never split: a step that opens `<answer>` is continued to `</answer>`. Reflection nodes are
 tagged segments in every granularity. A node at depth `max_depth - 1` expands into one `answer` only, so
 no path is longer than `max_depth` nodes below the root.
+
+Transition patterns (`transition_patterns`, ours; empty by default): named variants of the matrix, each
+mapping node types to the children they expand into instead of `node_types.<type>.children`. With patterns
+configured, every tree draws one by its own seeded RNG (derive_seed(seed, problem id, "pattern")), records
+its name (`pattern` in the tree record) and follows it throughout. The paper samples one of four patterns per
+query and does not publish them; the four in configs/mcts/patterns_ours.yaml are ours.
 """
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from ..config import at_least
+from ..engines.base import derive_seed
 from ..prompts import NODE_TYPES, REFLECTION_TEXT, SEGMENT_SEPARATOR, SUB_TASK_PREFILL, close_tag, open_tag
 
 ROOT, ANSWER, REFLECTION = "root", "answer", "reflection"
@@ -53,6 +61,19 @@ def default_node_types() -> Dict[str, NodeTypeConfig]:
 
 
 @dataclass
+class PolicyKeys:
+    """The node policy's config keys (the mcts stage's Config and the eval's test-time search inherit them)."""
+    granularity: str = "tagged"  # tagged | step | mini_step
+    node_types: Dict[str, NodeTypeConfig] = field(default_factory=default_node_types)
+    # ours: pattern name -> {node type -> {child type -> samples}}; non-empty = each tree draws one (docstring)
+    transition_patterns: Dict[str, Dict[str, Dict[str, int]]] = field(default_factory=dict)
+    max_node_tokens: int = at_least(1, default=64)
+    max_depth: int = 16  # nodes below the root on any path
+    step_samples: int = at_least(1, default=2)  # children per expansion in the step / mini_step granularities
+    mini_step_tokens: int = 32
+
+
+@dataclass
 class TypeSpec:
     children: List[Tuple[str, int]]
     prefills: List[str]
@@ -71,6 +92,10 @@ class Policy:
         self.types = {name: TypeSpec([(c, int(n)) for c, n in spec.children.items() if n > 0], list(spec.prefills),
                                      spec.max_tokens or cfg.max_node_tokens, bool(spec.special))
                       for name, spec in cfg.node_types.items()}
+        self.raw_patterns = {name: {t: {c: int(n) for c, n in children.items()} for t, children in pattern.items()}
+                             for name, pattern in (getattr(cfg, "transition_patterns", None) or {}).items()}
+        self.patterns = {name: {t: [(c, n) for c, n in children.items() if n > 0] for t, children in pattern.items()}
+                         for name, pattern in self.raw_patterns.items()}
 
     def problems(self) -> List[Tuple[str, str]]:
         """(config key, what is wrong) for every inconsistency; empty when the policy is usable."""
@@ -86,6 +111,15 @@ class Policy:
             for child, _ in spec.children:
                 if child not in self.types or child == ROOT:
                     out.append((f"node_types.{name}.children.{child}", "names no configured node type"))
+        for name, pattern in self.patterns.items():
+            for node_type, children in pattern.items():
+                key = f"transition_patterns.{name}.{node_type}"
+                if node_type not in self.types or node_type == ANSWER:
+                    out.append((key, "names no configured node type that has children"))
+                out += [(f"{key}.{child}", "names no configured node type") for child, _ in children
+                        if child not in self.types or child == ROOT]
+                out += [(f"{key}.{child}", f"must be >= 0 (is {n})")
+                        for child, n in self.raw_patterns[name][node_type].items() if n < 0]
         if self.types.get(ANSWER) and self.types[ANSWER].children:
             out.append(("node_types.answer.children", "the answer is terminal: it cannot have children"))
         if self.max_depth < 2:
@@ -98,12 +132,20 @@ class Policy:
     def tagged(self) -> bool:
         return self.granularity == "tagged"
 
-    def expansions(self, node_type: str, depth: int) -> List[Tuple[str, int]]:
-        """(child type, samples) for expanding a node of `node_type` at `depth` (root = 0)."""
+    def draw_pattern(self, seed: int, problem_id: str) -> str:
+        """The transition pattern of one tree ("" when none are configured): seeded by (seed, problem id) alone."""
+        if not self.patterns:
+            return ""
+        return random.Random(derive_seed(seed, problem_id, "pattern")).choice(sorted(self.patterns))
+
+    def expansions(self, node_type: str, depth: int, pattern: str = "") -> List[Tuple[str, int]]:
+        """(child type, samples) for expanding a node of `node_type` at `depth` (root = 0) in a tree following
+        `pattern` ("" = the matrix of node_types)."""
         if depth + 1 >= self.max_depth:
             return [(ANSWER, 1)]
         if self.tagged:
-            return list(self.types[node_type].children)
+            override = self.patterns.get(pattern, {})
+            return list(override[node_type] if node_type in override else self.types[node_type].children)
         return [(self.granularity, self.step_samples)]
 
     def is_tagged_child(self, child_type: str) -> bool:

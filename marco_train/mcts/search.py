@@ -132,6 +132,15 @@ def completion_ids(engine: Engine, comp: Completion) -> List[int]:
     return encode(engine, comp.text)
 
 
+def count_request(tree: Tree, engine: Engine) -> None:
+    tree.requests_by_engine[engine.name] = tree.requests_by_engine.get(engine.name, 0) + 1
+
+
+def count_tokens(tree: Tree, node: Node, tokens: int) -> None:
+    """Generated tokens are the cost of the rollout that created the node (a sibling sampled with it included)."""
+    tree.tokens_by_rollout[node.born] = tree.tokens_by_rollout.get(node.born, 0) + tokens
+
+
 class Searcher:
     def __init__(self, policy: Policy, settings: SearchSettings, task, engine: Engine,
                  special_engine: Optional[Engine] = None):
@@ -140,6 +149,9 @@ class Searcher:
         self.prompts: Dict[tuple, List[int]] = {}
         self.encoded: Dict[tuple, List[int]] = {}  # segment starts (separator, tag, prefill) by engine
         self.wait_for_siblings = False  # True: an expansion waits for all its children (same trees, less overlap)
+        # False: test-time search (eval/test_time.py): terminals are not scored, no reflection on a wrong answer,
+        # a tree stops after max_iterations rollouts
+        self.ground_truth = True
 
     # ------------------------------------------------------------------ token ids
     def engine_for(self, child_type: str) -> Engine:
@@ -161,7 +173,8 @@ class Searcher:
         return ids
 
     def new_tree(self, problem) -> Tree:
-        return Tree(problem, random.Random(derive_seed(self.settings.seed, problem.id, "tree")))
+        return Tree(problem, random.Random(derive_seed(self.settings.seed, problem.id, "tree")),
+                    pattern=self.policy.draw_pattern(self.settings.seed, problem.id))
 
     # ------------------------------------------------------------------ one tree
     def search(self, tree: Tree):
@@ -178,7 +191,7 @@ class Searcher:
                 node = select_child(node, s.exploration, tree.rng)  # never looks into a pending child
             backpropagate(node, reward(node, s.reward, s.verified_weight))
             record_rollout(tree, node)
-            if not node.correct and s.reflect_on_wrong:
+            if self.ground_truth and not node.correct and s.reflect_on_wrong:
                 anchor = reflection_anchor(node, s.reflect_on)
                 if anchor is None and not self.policy.tagged and node.parent is not tree.root:
                     anchor = node.parent  # step modes: the step before the wrong answer
@@ -186,7 +199,8 @@ class Searcher:
                     yield from self.ready(tree, anchor.children)
                     if self.can_reflect(anchor):
                         yield from self.expand(tree, anchor, [(REFLECTION, 1)])
-            tree.stop_reason = stop_reason(tree, rules)
+            tree.stop_reason = stop_reason(tree, rules) if self.ground_truth else \
+                ("rollouts_done" if tree.iterations >= rules.max_iterations else "")
             if tree.stop_reason:
                 yield from self.ready(tree, tree.nodes)
                 return
@@ -202,7 +216,7 @@ class Searcher:
         while its siblings are still being sampled (the tree is the same as if it had waited for all)."""
         p, s = self.policy, self.settings
         if plan is None:
-            plan = p.expansions(node.type, node.depth)
+            plan = p.expansions(node.type, node.depth, tree.pattern)
             low = s.reflect_below_confidence > 0 and node is not tree.root and node.type != "thinking_from_scratch"
             if low and (path_confidence(node) or 1.0) < s.reflect_below_confidence and self.can_reflect(node):
                 plan = plan + [(REFLECTION, 1)]
@@ -223,6 +237,7 @@ class Searcher:
             params = SamplingParams(n=n, max_tokens=p.max_tokens(child_type), stop=p.stops(child_type), seed=seed,
                                     temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, logprobs=0)
             job = Job(engine, self.context_ids(tree, node, engine) + start_ids, params)
+            count_request(tree, engine)
             job.spec = (child_type, start, start_ids)
             job.nodes = [tree.add(node, child_type, "", pending=job) for _ in range(n)]
             jobs.append(job)
@@ -254,6 +269,9 @@ class Searcher:
             text, ids = text + comp.text, ids + completion_ids(engine, comp)
             node.conf_sum, node.generated, node.finish_reason = sum(comp.confidences), len(comp.token_ids), \
                 comp.finish_reason
+            by_type = tree.samples_by_engine.setdefault(engine.name, {})
+            by_type[child_type] = by_type.get(child_type, 0) + 1
+            count_tokens(tree, node, node.generated)
             if comp.finish_reason == "length" and self.policy.is_tagged_child(child_type):
                 text, ids = text + close_tag(child_type), ids + encode(engine, close_tag(child_type))
         node.text, node.token_ids = text, {token_key(engine): ids}
@@ -275,6 +293,7 @@ class Searcher:
                             SamplingParams(n=1, max_tokens=max_tokens, stop=stops, seed=seed,
                                            temperature=self.settings.temperature, top_p=self.settings.top_p,
                                            top_k=self.settings.top_k, logprobs=0)))
+            count_request(tree, self.engine)
         yield Submit(jobs)
         yield Wait(jobs)
         key = token_key(self.engine)
@@ -287,6 +306,7 @@ class Searcher:
             c.finish_reason = comp.finish_reason
             c.type = self.policy.node_type(self.policy.granularity, c.text)
             tree.tokens_generated += len(comp.token_ids)
+            count_tokens(tree, c, len(comp.token_ids))
 
     def place(self, tree: Tree, node: Node) -> None:
         """Merge a filled node into a settled sibling with the same text, or settle it as a node of its own."""
@@ -301,9 +321,11 @@ class Searcher:
         """Terminal or not; a terminal is scored by the task against the ground truth once."""
         node.settled = True
         node.is_terminal = (node.finish_reason == "eos" or node.type == ANSWER or self.policy.answer_closed(node.text)
-                            or not self.policy.expansions(node.type, node.depth))
-        if node.is_terminal:
+                            or not self.policy.expansions(node.type, node.depth, tree.pattern))
+        if node.is_terminal and self.ground_truth:
             node.answer, node.correct = self.task.score(response_text(node), tree.problem.answer)
+        elif node.is_terminal:  # test-time search: the answer is read, never checked
+            node.answer = self.task.extract_answer(response_text(node))
 
     # ------------------------------------------------------------------ many trees
     def run(self, problems: Iterable, on_done: Callable[[Tree, int], None], trees_in_flight: int = 64) -> None:

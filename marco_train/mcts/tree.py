@@ -39,6 +39,7 @@ class Node:
     samples: int = 1  # sibling samples with exactly this text, merged into this node (search.py, `place`)
     settled: bool = False  # filled and placed: terminal-or-not decided, or merged
     merged_into: Optional["Node"] = None  # the sibling with the same text this sample was merged into
+    born: int = 0  # the rollout (0-based) during which the node was created: its tokens are that rollout's cost
 
     @property
     def confidence(self) -> Optional[float]:
@@ -67,6 +68,11 @@ class Tree:
     sampled: int = 0  # nodes filled from a generated sample (before merging)
     duplicates: int = 0  # of those, samples whose text a filled sibling already had (merged into it)
     stop_reason: str = ""
+    pattern: str = ""  # the transition pattern this tree follows (policy.py; "" = the matrix of node_types)
+    rollouts: List[Node] = field(default_factory=list)  # the terminal each rollout reached, in order
+    tokens_by_rollout: Dict[int, int] = field(default_factory=dict)  # generated tokens by the rollout they serve
+    requests_by_engine: Dict[str, int] = field(default_factory=dict)  # engine name -> generation requests
+    samples_by_engine: Dict[str, Dict[str, int]] = field(default_factory=dict)  # engine -> node type -> samples
     next_id: int = 1  # node ids are never reused: a merged sample's id stays taken (request seeds derive from ids)
 
     def __post_init__(self):
@@ -78,7 +84,7 @@ class Tree:
         return self.nodes[0]
 
     def add(self, parent: Node, type: str, text: str, **kw) -> Node:
-        node = Node(self.next_id, parent, type, text, parent.depth + 1, **kw)
+        node = Node(self.next_id, parent, type, text, parent.depth + 1, born=self.iterations, **kw)
         self.next_id += 1
         self.nodes.append(node)
         parent.children.append(node)
@@ -165,6 +171,7 @@ def reflection_anchor(terminal: Node, anchor_type: str) -> Optional[Node]:
 
 def record_rollout(tree: Tree, terminal: Node) -> None:
     tree.iterations += 1
+    tree.rollouts.append(terminal)
     if terminal.correct:
         tree.correct_rollouts += 1
         tree.correct_texts.add(response_text(terminal))
@@ -195,4 +202,8 @@ def to_record(tree: Tree, task: str, fingerprint: str, token_ids: bool = True) -
                        correct_terminals=tree.correct_count, correct_rollouts=tree.correct_rollouts,
                        reflections=tree.reflections, tokens_generated=tree.tokens_generated,
                        sampled_nodes=tree.sampled, duplicate_samples=tree.duplicates,
-                       stop_reason=tree.stop_reason, nodes=nodes)
+                       stop_reason=tree.stop_reason, pattern=tree.pattern,
+                       requests_by_engine=dict(sorted(tree.requests_by_engine.items())),
+                       samples_by_engine={e: dict(sorted(by_type.items()))
+                                          for e, by_type in sorted(tree.samples_by_engine.items())},
+                       nodes=nodes)

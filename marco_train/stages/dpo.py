@@ -28,10 +28,15 @@ copy and runs it every step (under ZeRO-3 it is sharded like the policy, via TRL
 reference is the starting checkpoint unless reference.name_or_path says otherwise; with LoRA it is the base
 model with the adapters off. The pieces: train/dpo_trainer.py (the Trainer), train/reference_cache.py,
 train/common.py (arguments, checkpoints, LoRA, the final save).
+
+`beta_scale: mean_scored_tokens` (with `logp_reduction: mean` only) multiplies β by the pair set's mean number
+of scored tokens per response (chosen and rejected, after masking), measured on the tokenized pairs: a mean
+log-prob is a sum divided by about that many tokens, so Δ keeps the scale it has with summed log-probs and
+β = 0.1. The β used is in the summary (`beta_effective`).
 """
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -82,6 +87,7 @@ class Config(StageConfig):
     mask_prefix: bool = True  # exclude the shared-prefix tokens from policy and reference log-probs
     mask_sft_prefix: bool = True  # ... and from the SFT term
     logp_reduction: str = "sum"  # sum | mean (over the scored tokens of each response)
+    beta_scale: str = "none"  # none | mean_scored_tokens (logp_reduction mean: β x mean scored tokens; docstring)
     sft_normalisation: str = "mean"  # mean (per-token NLL of each chosen response) | sum
     truncation: str = "cut_prefix"  # over-long pairs: cut_prefix (cut shared reasoning) | drop
     prefix_sharing: Optional[bool] = None  # null: where exact (support matrix in prefix_sharing.py); true; false
@@ -103,11 +109,15 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
         raise ConfigError(f"{where(prefix + '.dataset')}: {prefix}: set exactly one of inputs.data (a split stage) "
                           f"and dataset.name_or_path (your own file or hub dataset)")
     check_dataset_config(cfg.dataset, "pairs", prefix, where)
-    choices = {"reference.mode": ("cached", "model"), "truncation": ("cut_prefix", "drop")}
+    choices = {"reference.mode": ("cached", "model"), "truncation": ("cut_prefix", "drop"),
+               "beta_scale": ("none", "mean_scored_tokens")}
     for key, allowed in choices.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{where(f'{prefix}.{key}')}: {prefix}.{key}='{value}': use {' or '.join(allowed)}")
+    if cfg.beta_scale != "none" and cfg.logp_reduction != "mean":
+        raise ConfigError(f"{where(f'{prefix}.beta_scale')}: {prefix}.beta_scale={cfg.beta_scale} rescales β for "
+                          f"mean log-probs; set logp_reduction: mean or beta_scale: none")
     try:
         loss_config(cfg)
     except ValueError as e:
@@ -129,6 +139,15 @@ def canonical_config(config: dict) -> dict:
     if config.get("alpha") == 0:
         config.update(mask_sft_prefix=True, sft_normalisation="mean")
     return config
+
+
+def mean_scored_tokens(examples, mask_prefix: bool) -> float:
+    """Mean over the responses of the pairs (chosen and rejected) of the tokens their log-prob is taken over."""
+    if not examples:
+        return 1.0
+    prefix = 0 if mask_prefix else 1
+    total = sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) + 2 * prefix * len(e["prefix_ids"]) for e in examples)
+    return total / (2 * len(examples))
 
 
 def loss_config(cfg):
@@ -171,6 +190,10 @@ def run(ctx) -> dict:
     examples, stats = tokenize_pairs(rows, tokenizer, task, cfg.training.max_length, cfg.truncation, source=source)
     ctx.log(f"{stats.kept}/{stats.total} pairs ({stats.truncated} with cut shared prefix; dropped: "
             f"{stats.dropped_no_divergence} without divergence, {stats.dropped_too_long} too long)")
+    if cfg.beta_scale == "mean_scored_tokens":
+        scale = mean_scored_tokens(examples, cfg.mask_prefix)
+        losses = replace(losses, beta=cfg.beta * scale)
+        ctx.log(f"beta {cfg.beta} x {scale:.2f} mean scored tokens per response = {losses.beta:.4f}")
     if cfg.reference.mode == "cached":
         table = cached_reference(ctx, ref_path, examples)
         for e in examples:
@@ -219,5 +242,5 @@ def run(ctx) -> dict:
             "resumed_from": Path(resume).name if resume else None,
             "train_runtime": runtime, "tokens_per_second": round(tokens * epochs / runtime, 1) if runtime else None,
             "prefix_sharing": {"on": share, "why": why}, "packing": {"on": pack, "micro_batch_tokens": budget},
-            "reference": cfg.reference.mode,
+            "reference": cfg.reference.mode, "beta_effective": losses.beta,
             "seconds": round(time.time() - started, 1)}

@@ -7,6 +7,11 @@ mean response length, Test@N when sampling; definitions in marco_train/eval/metr
 `max_new_tokens: 0` (the default) is the task's own budget (`Task.max_new_tokens`: toy 479, the toy model's
 512 positions minus its longest prompt; gsm8k, blocksworld, multi_if 1024; math500 2048; aime 4096), so a
 truncated output is one that ran past what the task needs, not one cut by a small default.
+
+`decoding: mcts` decodes by test-time search instead of sampling (the paper's "+ MCTS decoding"; the search
+without ground truth, `search:` its keys, eval/test_time.py): one record per rollout, `search.rollouts` per
+problem, Test@N over the first N rollouts. With several samples or rollouts per problem, metrics.json also has
+tokens@N (the tokens generated for the first N of them, mean per problem) for N in test_at.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ..engines import ENGINES, engine_from_config
 from ..engines.base import check_prompts_fit
 from ..eval.generate import sample
 from ..eval.metrics import score_samples, summarize
+from ..eval.test_time import DecodingSearch, check_search, search_decode, tokens_at
 from ..io import atomic_write_json, atomic_write_text
 from ..logs import progress
 from ..models import model_dir
@@ -33,6 +39,7 @@ EXTRA_RUNTIME_KEYS = ("variant", "engine_options", "wandb_samples")
 SAMPLE_COLUMNS = ("id", "question", "reference", "predicted", "correct", "no_answer", "truncated", "format_ok",
                   "response_tokens", "response")
 READS = {"model": ("model",)}  # what it reads in its input's directory (checked before it runs)
+DECODINGS = ("sample", "mcts")
 
 
 @dataclass
@@ -54,6 +61,8 @@ class Config(StageConfig):
     samples_per_problem: int = at_least(1, default=1)  # >1 samples at `temperature` and reports Test@N for N in test_at
     temperature: float = at_least(0.0, default=1.0)
     test_at: List[int] = at_least(1, default_factory=lambda: [1])
+    decoding: str = "sample"  # sample | mcts (test-time search with the `search` keys; docstring)
+    search: DecodingSearch = field(default_factory=DecodingSearch)
     model: ModelConfig = field(default_factory=ModelConfig)
     wandb_samples: int = at_least(0, default=100, hint="0 = no table")  # rows of the W&B table eval/samples
 
@@ -62,6 +71,17 @@ def check_config(cfg, prefix: str, where) -> None:
     if cfg.engine not in ENGINES:
         raise ConfigError(f"{where(prefix + '.engine')}: {prefix}.engine '{cfg.engine}' is not one of "
                           f"{', '.join(ENGINES)}")
+    if cfg.decoding not in DECODINGS:
+        raise ConfigError(f"{where(prefix + '.decoding')}: {prefix}.decoding '{cfg.decoding}' is not one of "
+                          f"{', '.join(DECODINGS)}")
+    if cfg.decoding == "mcts":
+        for key, msg in check_search(cfg.search, "search"):
+            raise ConfigError(f"{where(f'{prefix}.{key}')}: {prefix}.{key} {msg}")
+        too_many = [n for n in cfg.test_at if n > cfg.search.rollouts]
+        if too_many:
+            raise ConfigError(f"{where(prefix + '.test_at')}: Test@{too_many[0]} needs search.rollouts >= "
+                              f"{too_many[0]} (is {cfg.search.rollouts}); raise it or drop {too_many[0]}")
+        return
     too_many = [n for n in cfg.test_at if n > cfg.samples_per_problem]
     if cfg.samples_per_problem > 1 and too_many:
         raise ConfigError(f"{where(prefix + '.test_at')}: Test@{too_many[0]} needs samples_per_problem >= "
@@ -77,15 +97,21 @@ def run(ctx) -> dict:
                                 max_batch_rows=cfg.batch_size)
     check_prompts_fit(engine, task, problems, cfg.problems_file)
     mine = problems[dist.rank()::dist.world_size()]  # ranks split the problems; rank 0 gathers
-    sampling = cfg.samples_per_problem > 1
+    search = cfg.decoding == "mcts"
+    k = cfg.search.rollouts if search else cfg.samples_per_problem
     with progress(len(mine), f"{ctx.name}: problems", unit="problems") as bar:
-        gens = sample(engine, task, mine, cfg.samples_per_problem, cfg.max_new_tokens or task.max_new_tokens,
-                      cfg.temperature, ctx.root.seed, progress=bar)
-    expanded = [p for p in mine for _ in range(cfg.samples_per_problem)]
-    shards = dist.all_gather_object(score_samples(task, expanded, gens))
-    k, world = cfg.samples_per_problem, len(shards)
+        if search:
+            mine_records = search_decode(engine, task, mine, cfg.search, ctx.root.seed, cfg.batch_size, bar)
+        else:
+            gens = sample(engine, task, mine, k, cfg.max_new_tokens or task.max_new_tokens, cfg.temperature,
+                          ctx.root.seed, progress=bar)
+            mine_records = score_samples(task, [p for p in mine for _ in range(k)], gens)
+    shards = dist.all_gather_object(mine_records)
+    world = len(shards)
     records = [shards[i % world][(i // world) * k + j] for i in range(len(problems)) for j in range(k)]
-    metrics = summarize(records, test_at=cfg.test_at if sampling else ())
+    metrics = summarize(records, test_at=cfg.test_at if k > 1 else ())
+    if k > 1:
+        metrics.update(tokens_at(records, cfg.test_at))
     if dist.is_main():
         atomic_write_text(ctx.out_dir / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in records))
         atomic_write_json(ctx.out_dir / "metrics.json", metrics)

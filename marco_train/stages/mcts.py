@@ -22,7 +22,7 @@ from ..engines.base import check_prompts_fit
 from ..faults import fault_point
 from ..io import append_jsonl, atomic_write_json, read_jsonl, repair_jsonl_tail
 from ..logs import progress
-from ..mcts.policy import NodeTypeConfig, Policy, default_node_types
+from ..mcts.policy import Policy, PolicyKeys
 from ..mcts.search import Searcher, SearchKeys, SearchSettings
 from ..mcts.tree import StopRules, to_record
 from ..models import model_dir
@@ -38,7 +38,7 @@ REWARDS = ("verified", "confidence", "mixed")
 
 
 @dataclass
-class Config(StageConfig, SearchKeys, StopRules):
+class Config(StageConfig, PolicyKeys, SearchKeys, StopRules):
     kind: str = KIND
     task: str = checked("toy", check_task)
     problems_file: str = path_field("mcts_data/problems/toy_train.jsonl", check=check_problems_source)
@@ -49,14 +49,8 @@ class Config(StageConfig, SearchKeys, StopRules):
     engine: str = "hf"
     # keyword options of the engine (marco_train/engines): vllm: tensor_parallel_size, gpu_memory_utilization, ...
     engine_options: Dict[str, Any] = field(default_factory=dict)
-    # node policy (policy.py)
-    granularity: str = "tagged"  # tagged | step | mini_step
-    node_types: Dict[str, NodeTypeConfig] = field(default_factory=default_node_types)
-    max_node_tokens: int = at_least(1, default=64)
-    max_depth: int = 16  # nodes below the root on any path
-    step_samples: int = at_least(1, default=2)  # children per expansion in the step / mini_step granularities
-    mini_step_tokens: int = 32
-    # search: the keys of SearchKeys (search.py) and StopRules (tree.py), inherited
+    # the node policy (PolicyKeys, policy.py), the search (SearchKeys, search.py), the stop rules (StopRules,
+    # tree.py): inherited
     # throughput (runtime keys)
     # each tree has about one row sampling at a time: keep max_batch_rows busy
     trees_in_flight: int = at_least(1, default=256)
@@ -182,7 +176,20 @@ def summarize(trees_dir, n_problems: int) -> dict:
             "solved_rate": round(sum(t["correct_terminals"] > 0 for t in trees) / len(trees), 4),
             "mean_iterations": round(sum(t["iterations"] for t in trees) / len(trees), 2),
             "tokens_generated": sum(t["tokens_generated"] for t in trees),
-            "stop_reasons": dict(Counter(t["stop_reason"] for t in trees))}
+            "stop_reasons": dict(Counter(t["stop_reason"] for t in trees)),
+            "patterns": dict(sorted(Counter(t.get("pattern") or "" for t in trees).items())),
+            **engine_counts(trees)}
+
+
+def engine_counts(trees) -> dict:
+    """Generation requests and sampled nodes by engine (and node type): where `special: true` types went."""
+    requests, samples = Counter(), {}
+    for t in trees:
+        requests.update(t.get("requests_by_engine") or {})
+        for engine, by_type in (t.get("samples_by_engine") or {}).items():
+            samples.setdefault(engine, Counter()).update(by_type)
+    return {"requests_by_engine": dict(sorted(requests.items())),
+            "samples_by_engine": {e: dict(sorted(c.items())) for e, c in sorted(samples.items())}}
 
 
 def rendered_trees(trees_dir, count: int = 3) -> str:
