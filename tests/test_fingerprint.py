@@ -333,7 +333,9 @@ ctx = SimpleNamespace(cfg=cfg, root=SimpleNamespace(runs_dir=str(runs)), out_dir
 pairs = [{"prompt_ids": [1, 2], "prefix_ids": [3], "chosen_ids": [4], "rejected_ids": [5]}]
 keys = [reference_cache_path(ctx, "marco_train/toy/checkpoint", pairs).name]
 for path, old, new in edits:  # each edit made here, then the key asked again (nothing is re-imported)
-    Path(path).write_text(Path(path).read_text().replace(old, new, 1))
+    text = Path(path).read_text()
+    assert old in text, (path, old)  # an edit that finds nothing would test nothing
+    Path(path).write_text(text.replace(old, new, 1))
     keys.append(reference_cache_path(ctx, "marco_train/toy/checkpoint", pairs).name)
 print(json.dumps(keys))
 """
@@ -342,9 +344,9 @@ print(json.dumps(keys))
 def test_reference_logprob_cache_key_covers_the_code_that_computes_it(clone, tmp_path):
     root, python = clone
     edits = [("marco_train/train/logprobs.py", "- torch.logsumexp(logits, dim=-1)", "- torch.logsumexp(logits, -1)"),
-             ("marco_train/train/prefix_sharing.py", 'getattr(config, "_attn_implementation", "sdpa") == "sdpa"',
-              'getattr(config, "_attn_implementation", "sdpa") in ("sdpa",)'),
-             ("marco_train/train/logprobs.py", "def _pad(", "# a comment only\ndef _pad(")]
+             ("marco_train/train/prefix_sharing.py", 'getattr(config, "_attn_implementation", None) or "eager"',
+              'getattr(config, "_attn_implementation", None) or str("eager")'),
+             ("marco_train/train/logprobs.py", "def _unwrap(", "# a comment only\ndef _unwrap(")]
     keys = json.loads(python("-c", REFERENCE_KEYS, str(tmp_path / "runs"), json.dumps(edits)).stdout)
     assert len(set(keys[:3])) == 3  # each code edit: a new key
     assert keys[3] == keys[2]  # a comment is not code
