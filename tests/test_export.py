@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from conftest import TOY_CHECKPOINT
 from dpo_testlib import toy_pairs
@@ -20,12 +19,7 @@ from marco_train.train.sft_trainer import tokenize_sft
 TASK = get_task("gsm8k")  # a task with a system prompt (~170 tokens), unlike the toy task
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def split_rows(tokenizer, n=3):

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from conftest import TOY_CHECKPOINT
@@ -25,12 +24,7 @@ USER, SYSTEM = {"role": "user", "content": Q}, {"role": "system", "content": "Be
 ASSISTANT_C, ASSISTANT_R = {"role": "assistant", "content": C}, {"role": "assistant", "content": R}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def write_jsonl(path: Path, rows) -> str:

@@ -57,11 +57,15 @@ def is_hub_name(name: str) -> bool:
     return bool(name) and not Path(name).exists()
 
 
-def check_dataset_config(dataset, kind: str, prefix: str, where) -> None:
-    """Plan-time checks of a stage's `dataset` block (kind: sft | pairs); errors name the key and where it is set."""
+def check_dataset_config(dataset, kind: str, prefix: str, where, inputs=()) -> None:
+    """Plan-time checks of a stage's `dataset` block (kind: sft | pairs) against its `inputs`; errors name the key
+    and where it is set."""
     if not dataset.name_or_path:
         return
     key = f"{prefix}.dataset"
+    if "data" in inputs:
+        raise ConfigError(f"{where(key)}: {prefix}: set exactly one of inputs.data (a split stage) "
+                          f"and dataset.name_or_path (your own file or hub dataset)")
     for name in dataset.columns:
         if name not in FIELDS[kind]:
             raise ConfigError(f"{where(key + '.columns')}: {key}.columns.{name}: not a field of this stage's data "

@@ -105,10 +105,7 @@ class Config(StageConfig):
 
 def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     """Cross-key rules, at plan time (the DAG runner calls this); errors name the key and where it was set."""
-    if cfg.dataset.name_or_path and "data" in cfg.inputs:
-        raise ConfigError(f"{where(prefix + '.dataset')}: {prefix}: set exactly one of inputs.data (a split stage) "
-                          f"and dataset.name_or_path (your own file or hub dataset)")
-    check_dataset_config(cfg.dataset, "pairs", prefix, where)
+    check_dataset_config(cfg.dataset, "pairs", prefix, where, cfg.inputs)
     choices = {"reference.mode": ("cached", "model"), "truncation": ("cut_prefix", "drop"),
                "beta_scale": ("none", "mean_scored_tokens")}
     for key, allowed in choices.items():

@@ -67,10 +67,7 @@ class Config(StageConfig):
 
 def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     """Called by the pipeline at plan time (before any work)."""
-    if cfg.dataset.name_or_path and "data" in cfg.inputs:
-        raise ConfigError(f"{where(prefix + '.dataset')}: {prefix}: set exactly one of inputs.data (a split stage) "
-                          f"and dataset.name_or_path (your own file or hub dataset)")
-    check_dataset_config(cfg.dataset, "sft", prefix, where)
+    check_dataset_config(cfg.dataset, "sft", prefix, where, cfg.inputs)
     if cfg.packing and cfg.model.trust_remote_code:
         raise ConfigError(f"{where(prefix + '.packing')}: {prefix}.packing: true with model.trust_remote_code: true "
                           f"is refused: a remote-code model's attention may ignore the per-sample position ids, and "
