@@ -31,7 +31,7 @@ from peft import PeftModel, get_peft_model
 from transformers import TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from .. import dist
+from .. import dist, logs
 from ..config import ConfigError, LoraConfig, ModelConfig, gradient_accumulation
 from ..extra_args import merged as merged_extra_args
 from ..faults import fault_point
@@ -57,8 +57,34 @@ def _init_deepspeed() -> None:
             port = s.getsockname()[1]
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
                            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    if not on_gpu():
+        _load_cpu_shm_op()
     # Under the Trainer on CPU, ZeRO needs the gloo group before the Trainer is built.
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu() else "gloo")
+
+
+def _load_cpu_shm_op() -> None:
+    """On CPU, DeepSpeed's comm backend JIT-compiles its shared-memory op when it starts, behind torch's FileBaton:
+    the `lock` file a compile killed midway leaves behind makes every later start wait for ever. So each rank loads
+    the op here first, holding an flock (the kernel frees it when its holder dies). DeepSpeed keeps the loaded op,
+    so no rank of ours touches the baton outside the flock: a `lock` found while holding it is a dead compile's."""
+    import fcntl
+
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.comm.torch import build_shm_op
+    from torch.utils.cpp_extension import _get_build_directory
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None:
+        return
+    build_dir = Path(_get_build_directory(builder.NAME, verbose=False))
+    with open(build_dir.parent / f"{builder.NAME}.marco-train.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        baton = build_dir / "lock"
+        if baton.exists():
+            logs.get().warning("removing %s, left by a compile that was killed", baton)
+            baton.unlink()
+        build_shm_op()
 
 
 def training_arguments(cfg, out_dir: Path, seed: int, log_every: int = 10, args_class=TrainingArguments,
