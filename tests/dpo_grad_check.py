@@ -50,6 +50,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--deepspeed")
+    parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("runs", nargs="+")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -57,7 +59,7 @@ def main():
     tokenizer = load_tokenizer("marco_train/toy/checkpoint")
     start = tiny_model(tokenizer, seed=2)
     model_dir = save_model(start, tokenizer, out / f"start-{rank}")  # each rank its own copy: no barrier needed
-    examples = examples_with_reference(tokenizer, 12, seed=2, model=start)
+    examples = examples_with_reference(tokenizer, args.pairs, seed=2, model=start)
     if args.deepspeed:
         _init_deepspeed()
         capture_deepspeed_gradients()
@@ -68,16 +70,18 @@ def main():
         extra = {"deepspeed": args.deepspeed} if args.deepspeed else {"ddp_backend": "gloo"}
         trainer = dpo_trainer(None, examples, out / f"trainer-{name}", tokenizer.pad_token_id, shared=shared,
                               packed=packed, budget=int(budget), pairs=2, activation_checkpointing="gc" in flags,
+                              steps=args.steps,
                               load=lambda: load_model(model_dir, dtype="fp32", attn_implementation="sdpa"),
                               **extra)
         trainer.add_callback(GradCapture())
         trainer.train()
-        loss = [h["loss"] for h in trainer.state.log_history if "loss" in h][0]
+        logged = [h for h in trainer.state.log_history if "loss" in h]
         if rank == 0:
             save_file({n: g.contiguous() for n, g in CAPTURED["grads"].items()}, str(out / f"{name}.safetensors"))
             micro = [len(r) for r in trainer.steps.plan(0)[1]]  # micro-batches per rank in the first step
             (out / f"{name}.json").write_text(json.dumps({
-                "loss": loss, "world_size": trainer.args.world_size, "micro_batches": micro,
+                "loss": logged[0]["loss"], "logged": logged, "world_size": trainer.args.world_size,
+                "micro_batches": micro,
                 "zero3": trainer.is_deepspeed_enabled, "checkpointing": trainer.model.is_activation_checkpointing}))
 
 

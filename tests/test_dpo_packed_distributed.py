@@ -14,9 +14,9 @@ from conftest import torchrun
 ENV = {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}  # conftest.run puts tests/ on PYTHONPATH
 
 
-def launch(out, *runs, nproc=2, deepspeed=None):
-    flags = ("--deepspeed", deepspeed) if deepspeed else ()
-    torchrun("tests/dpo_grad_check.py", "--out", str(out), *flags, *runs, nproc=nproc, env=ENV)
+def launch(out, *runs, nproc=2, deepspeed=None, flags=(), timeout=900):
+    flags = (*flags, "--deepspeed", deepspeed) if deepspeed else tuple(flags)
+    torchrun("tests/dpo_grad_check.py", "--out", str(out), *flags, *runs, nproc=nproc, env=ENV, timeout=timeout)
     return {run.split(":")[0]: (json.loads((out / f"{run.split(':')[0]}.json").read_text()),
                                 load_file(str(out / f"{run.split(':')[0]}.safetensors"))) for run in runs}
 
@@ -59,3 +59,17 @@ def test_zero3_two_ranks(ddp, tmp_path):
     assert all(info["zero3"] and info["world_size"] == 2 for info, _ in zero3.values())
     for name, run in zero3.items():
         assert_same_step(run, ddp["unshared"], f"ZeRO-3 {name}")
+
+
+@pytest.mark.slow
+def test_a_step_with_fewer_pairs_than_ranks_finishes_and_logs_its_pair(tmp_path):
+    """9 pairs, global batch 8: step 2 has one pair, so rank 1 takes a weight-0 copy. Both ranks must still log
+    collectively (a rank-dependent reduction hung here), and step 2 logs that one pair, as on one rank."""
+    two = launch(tmp_path / "two", "ps:packed_shared:256", flags=("--pairs", "9", "--steps", "2"), timeout=300)
+    one = launch(tmp_path / "one", "ps:packed_shared:256", flags=("--pairs", "9", "--steps", "2"), nproc=1,
+                 timeout=300)
+    logged, alone = two["ps"][0]["logged"], one["ps"][0]["logged"]
+    assert [m["step"] for m in logged] == [1, 2] and two["ps"][0]["world_size"] == 2
+    for a, b in zip(logged, alone):
+        for name in ("loss", "loss/dpo", "loss/sft", "logps/chosen", "rewards/margins"):
+            assert a[name] == pytest.approx(b[name], rel=1e-5, abs=1e-6), (a["step"], name)

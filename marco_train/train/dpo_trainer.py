@@ -122,10 +122,13 @@ class FineGrainedDPOTrainer(Trainer):
         return (loss, out) if return_outputs else loss
 
     def log(self, logs, start_time=None):
-        if "loss" in logs and self._sums[-1] > 0:  # a training log (not the end-of-training summary)
+        # A training log (not the end-of-training summary): the same on every rank, so the reduction is collective
+        # even on a rank whose micro-batches since the last log were all weight-0 fillers.
+        if "loss" in logs:
             sums = self._sums.clone()
             if tdist.is_available() and tdist.is_initialized():
                 tdist.all_reduce(sums)
-            logs.update({name: (sums[i] / sums[-1]).item() for i, name in enumerate(METRICS)})
+            if sums[-1] > 0:
+                logs.update({name: (sums[i] / sums[-1]).item() for i, name in enumerate(METRICS)})
             self._sums.zero_()
         super().log(logs, start_time)
