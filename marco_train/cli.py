@@ -127,7 +127,7 @@ def ablate_main(argv=None, prog: str = "marco-train ablate") -> None:
                                                                        "overrides": args.overrides})
     print_sync_hint(plan)
     if not logs.quiet():
-        print("\naccuracy (no-answer rate)\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
+        print(f"\n{report.TABLE_TITLE}\n" + report.markdown(header, rows) + f"\nwritten to {out}/ablation.md, .csv")
     if specs:
         with user_errors(args.traceback):
             text, data = render_tables(plan, specs)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import pipeline
+from marco_train import report
 from marco_train.pipeline import build_plan
 
 
@@ -19,7 +20,7 @@ def test_shipped_model_eval_then_cached(tmp_path):
     assert metrics["accuracy"] == sum(s["correct"] for s in samples) / 12
     assert metrics["no_answer_rate"] == sum(s["predicted"] is None for s in samples) / 12
     assert all(s["truncated"] == (s["response_tokens"] == 48) for s in samples if s["truncated"])
-    assert "accuracy (no-answer rate)" in first.stdout and "| base | " in first.stdout
+    assert report.TABLE_TITLE in first.stdout and "| base | " in first.stdout
     second = pipeline("configs/demo.yaml", *overrides, flags=["--until", "eval_base"], env={"WANDB_MODE": "disabled"})
     assert second.stdout.count("cached") >= 2 and "running" not in second.stdout
 

@@ -108,7 +108,7 @@ def test_batch_sizes_and_their_split_over_the_world_are_checked_at_plan_time(tmp
         assert str(e.value) == f"command-line override '{override}': {message}"
     with pytest.raises(ConfigError) as e:  # 8 pairs per step on 2 nodes of 2 ranks with 4 each: 8 % 16
         build_plan("configs/demo.yaml", ["stages.dpo.nnodes=2"])
-    assert str(e.value) == ("configs/demo.yaml:47: stages.dpo.training.global_batch_size=8 is not a multiple of "
+    assert str(e.value) == ("configs/demo.yaml:51: stages.dpo.training.global_batch_size=8 is not a multiple of "
                             "per_device_batch_size (4) x world size (4 = nproc_per_node 2 x nnodes 2); use a multiple "
                             "of 16 or change per_device_batch_size")
     build_plan("configs/demo.yaml", ["stages.dpo.nnodes=2", "stages.dpo.training.global_batch_size=16"])

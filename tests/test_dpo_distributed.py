@@ -134,7 +134,7 @@ def test_demo_config_dpo_stage_under_torchrun(tmp_path, toy_tokenizer):
     for d in (split_dir, sft_dir):
         (d / "_DONE.json").write_text("{}")
 
-    launch("configs/demo.yaml", *overrides)
+    launch("configs/demo.yaml", "--stage", "dpo", *overrides)
     dpo_dir = plan.stages["dpo"].out_dir
     done = json.loads((dpo_dir / "_DONE.json").read_text())
     assert done["world_size"] == 2 and done["summary"]["pairs"]["kept"] == 12

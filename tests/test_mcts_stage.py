@@ -14,7 +14,8 @@ from marco_train.tasks import load_problems_file
 
 CONFIG = "configs/demo.yaml"
 SMALL = ["stages.mcts.num_problems=5", "stages.mcts.max_iterations=4", "stages.mcts.stop_correct=2",
-         "stages.mcts.min_iterations=2", "stages.mcts.min_correct=1"]
+         "stages.mcts.min_iterations=2", "stages.mcts.min_correct=1",
+         "stages.mcts.nproc_per_node=1"]  # the demo searches on 2 ranks; these tests read one shard (a runtime key)
 ENV = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}  # small batches: one thread per process is fastest
 NODE_FIELDS = {"id", "parent", "type", "text", "visits", "value", "confidence", "is_terminal", "answer", "correct",
                "generated_tokens", "samples", "token_ids"}

@@ -18,20 +18,22 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO
+from marco_train import report
 
 # The demo with the search cut to 6 problems and 20 held-out problems per eval; sft and dpo keep their 2 ranks.
 REDUCED = ["stages.mcts.num_problems=6", "stages.eval_base.num_problems=20", "stages.eval_sft.num_problems=20",
-           "stages.eval_dpo.num_problems=20"]
+           "stages.eval_dpo.num_problems=20", "stages.eval_dpo_plain.num_problems=20"]
 NOT_SOURCE = (".git", ".venv*", "runs", "build", "dist", "*.egg-info", "__pycache__", "wandb", ".pytest_cache")
 TORCH = "torch==2.13.0"  # the Makefile's TORCH
 
 
 def table(stdout: str) -> list:
-    """The demo's closing table: the markdown rows after 'accuracy (no-answer rate)'."""
-    head, found, rest = stdout.partition("accuracy (no-answer rate)\n")
+    """The demo's closing tables: the markdown rows after their title (report.TABLE_TITLE)."""
+    head, found, rest = stdout.partition(report.TABLE_TITLE + "\n")
     assert found, stdout[-3000:]
     rows = [line for line in rest.splitlines() if line.startswith("|")]
-    assert rows[0] == "| variant | toy |" and len(rows) == 5, rest  # header, rule, base, SFT, DPO
+    # header, rule, base, SFT, DPO, plain DPO; then the differences: header, rule, five comparisons
+    assert rows[0] == "| variant | toy |" and rows[6] == "| comparison | toy |" and len(rows) == 13, rest
     return rows
 
 
@@ -83,7 +85,7 @@ def test_a_wheel_installed_elsewhere_runs_the_demo_like_the_clone(tmp_path):
         assert f"(from {Path(site).parent / '_shipped' / 'configs'};" in listed
         plan = checked([str(venv / "bin" / "python"), "-m", "marco_train", "run", "--config", "configs/demo.yaml",
                         "--dry-run", f"runs_dir={user / 'runs'}"], **run).stdout
-        assert plan.count("[dry-run]") == 8 and not (user / "runs").exists()
+        assert plan.count("[dry-run]") == 10 and not (user / "runs").exists()
 
         wheel_runs = user / "runs"
         demo = checked([marco, "run", "--config", "configs/demo.yaml", *REDUCED], **run)
@@ -97,7 +99,7 @@ def test_a_wheel_installed_elsewhere_runs_the_demo_like_the_clone(tmp_path):
 
     assert table(demo.stdout) == table(clone_log.read_text())
     assert (wheel_runs / "demo" / "results.json").read_text() == (clone_runs / "demo" / "results.json").read_text()
-    for name in ("eval_base", "eval_sft", "eval_dpo"):
+    for name in ("eval_base", "eval_sft", "eval_dpo", "eval_dpo_plain"):
         assert samples(wheel_runs, name) == samples(clone_runs, name)
     for runs in (wheel_runs, clone_runs):  # 2-rank stages, launched through `torchrun -m marco_train stage`
         for name in ("sft", "dpo"):

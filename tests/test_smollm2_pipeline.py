@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import pipeline
+from marco_train import report
 
 CONFIG = "configs/smollm2.yaml"
 STAGES = ("mcts", "eval_base", "split", "sft", "dpo", "eval_sft", "eval_dpo")
@@ -69,7 +70,7 @@ def test_smollm2_config_runs_the_whole_dag_on_one_problem_and_a_rerun_is_cached(
     for stage in ("eval_base", "eval_sft", "eval_dpo"):
         metrics = done(tmp_path, stage)["summary"]["metrics"]
         assert metrics["samples"] == 1 and 0.0 <= metrics["format_rate"] <= 1.0
-    table = first.stdout[first.stdout.index("accuracy (no-answer rate)"):]
+    table = first.stdout[first.stdout.index(report.TABLE_TITLE):]
     assert [line.split("|")[1].strip() for line in table.splitlines()[3:6]] == ["base", "SFT", "DPO"]
     assert "| variant | gsm8k |" in table
 

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from conftest import pipeline
+from marco_train import report
 from marco_train.pipeline import DONE_FILE, build_plan
 from marco_train.report import CSV_METRICS
 from test_console import OURS
@@ -136,7 +137,8 @@ def test_the_end_of_an_offline_run_prints_the_wandb_sync_command(tiny_dag):
 
 def is_report(line: str) -> bool:
     """The result table and its notes (marco_train/report.py), printed after the stages."""
-    return not line.strip() or line.startswith(("|", "accuracy (no-answer rate)", "(no-answer among", "bootstrap: "))
+    return not line.strip() or line.startswith(("|", report.TABLE_TITLE, report.DIFF_TITLE, "(no-answer among",
+                                                "bootstrap: "))
 
 
 @pytest.mark.slow
