@@ -48,7 +48,7 @@ def accuracy_lines(name: str, per_seed: dict) -> list:
         comp = [per_seed[s][name]["rows"][i].get("compare") for s in seeds]
         if comp[0]:
             deltas = " / ".join(f"{100 * c['diff']:+.1f}" for c in comp)
-            verdicts = " / ".join(verdict_text(c, c["paper_diff"]) for c in comp)
+            verdicts = across_seeds(comp, first.get("paper_columns") or [])
             vs = comp[0]["against"]
         else:
             deltas = verdicts = vs = "–"
@@ -58,13 +58,26 @@ def accuracy_lines(name: str, per_seed: dict) -> list:
 
 
 def verdict_text(compare: dict, paper_diff) -> str:
+    """One comparison's verdict against one paper difference (None: a row of ours, judged by its sign only)."""
     from marco_train.eval.tables import verdict
 
-    diffs = paper_diff if isinstance(paper_diff, list) else [paper_diff]
-    known = [d for d in diffs if d is not None]
-    if not known:
-        return "resolved " + ("+" if compare["sign"] > 0 else "-") if compare["sign"] else "not resolved"
-    return ",".join(verdict(compare["sign"], d) for d in diffs if d is not None)
+    if paper_diff is None:
+        return ("resolved " + ("+" if compare["sign"] > 0 else "-")) if compare["sign"] else "not resolved"
+    return verdict(compare["sign"], paper_diff)
+
+
+def across_seeds(comps: list, columns: list) -> str:
+    """Per paper column the verdict at every seed ("GSM8K: matches at every seed; MATH: matches, not resolved")."""
+    diffs = comps[0]["paper_diff"] if isinstance(comps[0]["paper_diff"], list) else [comps[0]["paper_diff"]]
+    parts = []
+    for c, name in enumerate(columns or [""]):
+        d = diffs[c] if c < len(diffs) else None
+        if d is None and columns:
+            continue
+        per = [verdict_text(comp, d) for comp in comps]
+        said = f"{per[0]} at every seed" if len(set(per)) == 1 and len(per) > 1 else ", ".join(per)
+        parts.append(f"{name}: {said}" if name else said)
+    return "; ".join(parts) or across_seeds(comps, [])
 
 
 def at_n_lines(name: str, per_seed: dict) -> list:
@@ -74,10 +87,8 @@ def at_n_lines(name: str, per_seed: dict) -> list:
              "| row | N | Test@N per seed | tokens@N per seed | vs | verdict per seed |", "|---|---|---|---|---|---|"]
     comps = {(c["row"], c["n"]): i for i, c in enumerate(first.get("comparisons", []))}
     for i, row in enumerate(first["rows"]):
-        for key in row:
-            if not key.startswith("test@"):
-                continue
-            n = int(key[5:])
+        for n in sorted(int(key[5:]) for key in row if key.startswith("test@")):
+            key = f"test@{n}"
             tests = " / ".join(f"{100 * per_seed[s][name]['rows'][i][key]:.1f}" for s in seeds)
             tokens = " / ".join(f"{per_seed[s][name]['rows'][i][f'tokens@{n}']:.0f}" for s in seeds)
             j = comps.get((row["label"], n))
@@ -86,7 +97,7 @@ def at_n_lines(name: str, per_seed: dict) -> list:
             else:
                 cs = [per_seed[s][name]["comparisons"][j] for s in seeds]
                 vs = cs[0]["against"]
-                verdicts = " / ".join(f"{100 * c['diff']:+.1f} {verdict_text(c, c['paper_diff'])}" for c in cs)
+                verdicts = " / ".join(f"{100 * c['diff']:+.1f}" for c in cs) + ": " + across_seeds(cs, [])
             lines.append(f"| {row['label']} | {n} | {tests} | {tokens} | {vs} | {verdicts} |")
     return lines
 
@@ -108,7 +119,8 @@ def main(argv=None) -> None:
         else:
             path = run_seed(args.config, seed, args.overrides)
         per_seed[seed] = json.loads(path.read_text())
-    names = list(per_seed[args.seeds[0]])
+    order = list(build_plan(args.config, [f"seed={args.seeds[0]}", *args.overrides]).root.tables)  # the config's
+    names = sorted(per_seed[args.seeds[0]], key=lambda n: order.index(n) if n in order else len(order))
     for name in names:
         kind = per_seed[args.seeds[0]][name]["kind"]
         print("\n".join((at_n_lines if kind == "test_at" else accuracy_lines)(name, per_seed)) + "\n")

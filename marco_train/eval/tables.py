@@ -258,7 +258,8 @@ def accuracy_table(plan, spec: TableSpec) -> tuple:
     if notes:
         lines += [""] + [f"Note: {n}" for n in notes]
     text = (f"**{spec.title}**\n\n" if spec.title else "") + "\n".join(lines) + "\n"
-    return text, {"title": spec.title, "kind": spec.kind, "problems": len(ids), "rows": stats, "notes": notes}
+    return text, {"title": spec.title, "kind": spec.kind, "problems": len(ids), "rows": stats, "notes": notes,
+                  "paper_columns": list(cols)}
 
 
 def at_n_table(plan, spec: TableSpec) -> tuple:
