@@ -37,9 +37,12 @@ def run_seed(config: str, seed: int, overrides) -> Path:
 def accuracy_lines(name: str, per_seed: dict) -> list:
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]][name]
-    lines = [f"**{first['title']}** (seeds {', '.join(map(str, seeds))})", "",
-             "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± spread | vs | Δ per seed | verdicts |",
-             "|" + "---|" * (len(seeds) + 5)]
+    columns = first.get("paper_columns") or []
+    paper = "".join(f" paper {c} |" for c in columns)
+    lines = [f"**{first['title']}** (seeds {', '.join(map(str, seeds))}; accuracy % (no-answer %))", "",
+             "| row | " + " | ".join(f"seed {s}" for s in seeds)
+             + f" | mean ± spread |{paper} vs | Δ per seed | verdicts |",
+             "|" + "---|" * (len(seeds) + 5 + len(columns))]
     for i, row in enumerate(first["rows"]):
         accs = [100 * per_seed[s][name]["rows"][i]["accuracy"] for s in seeds]
         nas = [100 * per_seed[s][name]["rows"][i]["no_answer"] for s in seeds]
@@ -52,9 +55,18 @@ def accuracy_lines(name: str, per_seed: dict) -> list:
             vs = comp[0]["against"]
         else:
             deltas = verdicts = vs = "–"
+        papers = "".join(f" {paper_cell(row, c)} |" for c in range(len(columns)))
         lines.append(f"| {row['label']} | " + " | ".join(cells) +
-                     f" | {sum(accs) / len(accs):.1f} ± {spread:.1f} | {vs} | {deltas} | {verdicts} |")
+                     f" | {sum(accs) / len(accs):.1f} ± {spread:.1f} |{papers} {vs} | {deltas} | {verdicts} |")
     return lines
+
+
+def paper_cell(row: dict, c: int) -> str:
+    value = (row.get("paper") or [None] * (c + 1))[c]
+    if value is None:
+        return "–"
+    na = row.get("paper_no_answer") or []
+    return f"{value:.1f}" + (f" ({na[c]:g})" if len(na) > c and na[c] is not None else "")
 
 
 def verdict_text(compare: dict, paper_diff) -> str:
@@ -84,7 +96,8 @@ def at_n_lines(name: str, per_seed: dict) -> list:
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]][name]
     lines = [f"**{first['title']}** (seeds {', '.join(map(str, seeds))})", "",
-             "| row | N | Test@N per seed | tokens@N per seed | vs | verdict per seed |", "|---|---|---|---|---|---|"]
+             "| row | N | Test@N per seed | tokens@N per seed | paper | vs | Δ per seed: verdicts |",
+             "|---|---|---|---|---|---|---|"]
     comps = {(c["row"], c["n"]): i for i, c in enumerate(first.get("comparisons", []))}
     for i, row in enumerate(first["rows"]):
         for n in sorted(int(key[5:]) for key in row if key.startswith("test@")):
@@ -98,7 +111,8 @@ def at_n_lines(name: str, per_seed: dict) -> list:
                 cs = [per_seed[s][name]["comparisons"][j] for s in seeds]
                 vs = cs[0]["against"]
                 verdicts = " / ".join(f"{100 * c['diff']:+.1f}" for c in cs) + ": " + across_seeds(cs, [])
-            lines.append(f"| {row['label']} | {n} | {tests} | {tokens} | {vs} | {verdicts} |")
+            at = [k for k in sorted(int(key[5:]) for key in row if key.startswith("test@"))].index(n)
+            lines.append(f"| {row['label']} | {n} | {tests} | {tokens} | {paper_cell(row, at)} | {vs} | {verdicts} |")
     return lines
 
 
