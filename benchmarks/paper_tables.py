@@ -37,9 +37,12 @@ def run_seed(config: str, seed: int, overrides) -> Path:
 def accuracy_lines(name: str, per_seed: dict) -> list:
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]][name]
-    lines = [f"**{first['title']}** (seeds {', '.join(map(str, seeds))})", "",
-             "| row | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± spread | vs | Δ per seed | verdicts |",
-             "|" + "---|" * (len(seeds) + 5)]
+    columns = first.get("paper_columns") or []
+    paper = "".join(f" paper {c} |" for c in columns)
+    lines = [f"**{first['title']}** (seeds {', '.join(map(str, seeds))}; accuracy % (no-answer %))", "",
+             "| row | " + " | ".join(f"seed {s}" for s in seeds)
+             + f" | mean ± spread |{paper} vs | Δ per seed | verdicts |",
+             "|" + "---|" * (len(seeds) + 5 + len(columns))]
     for i, row in enumerate(first["rows"]):
         accs = [100 * per_seed[s][name]["rows"][i]["accuracy"] for s in seeds]
         nas = [100 * per_seed[s][name]["rows"][i]["no_answer"] for s in seeds]
@@ -48,36 +51,57 @@ def accuracy_lines(name: str, per_seed: dict) -> list:
         comp = [per_seed[s][name]["rows"][i].get("compare") for s in seeds]
         if comp[0]:
             deltas = " / ".join(f"{100 * c['diff']:+.1f}" for c in comp)
-            verdicts = " / ".join(verdict_text(c, c["paper_diff"]) for c in comp)
+            verdicts = across_seeds(comp, first.get("paper_columns") or [])
             vs = comp[0]["against"]
         else:
             deltas = verdicts = vs = "–"
+        papers = "".join(f" {paper_cell(row, c)} |" for c in range(len(columns)))
         lines.append(f"| {row['label']} | " + " | ".join(cells) +
-                     f" | {sum(accs) / len(accs):.1f} ± {spread:.1f} | {vs} | {deltas} | {verdicts} |")
+                     f" | {sum(accs) / len(accs):.1f} ± {spread:.1f} |{papers} {vs} | {deltas} | {verdicts} |")
     return lines
 
 
+def paper_cell(row: dict, c: int) -> str:
+    value = (row.get("paper") or [None] * (c + 1))[c]
+    if value is None:
+        return "–"
+    na = row.get("paper_no_answer") or []
+    return f"{value:.1f}" + (f" ({na[c]:g})" if len(na) > c and na[c] is not None else "")
+
+
 def verdict_text(compare: dict, paper_diff) -> str:
+    """One comparison's verdict against one paper difference (None: a row of ours, judged by its sign only)."""
     from marco_train.eval.tables import verdict
 
-    diffs = paper_diff if isinstance(paper_diff, list) else [paper_diff]
-    known = [d for d in diffs if d is not None]
-    if not known:
-        return "resolved " + ("+" if compare["sign"] > 0 else "-") if compare["sign"] else "not resolved"
-    return ",".join(verdict(compare["sign"], d) for d in diffs if d is not None)
+    if paper_diff is None:
+        return ("resolved " + ("+" if compare["sign"] > 0 else "-")) if compare["sign"] else "not resolved"
+    return verdict(compare["sign"], paper_diff)
+
+
+def across_seeds(comps: list, columns: list) -> str:
+    """Per paper column the verdict at every seed ("GSM8K: matches at every seed; MATH: matches, not resolved")."""
+    diffs = comps[0]["paper_diff"] if isinstance(comps[0]["paper_diff"], list) else [comps[0]["paper_diff"]]
+    parts = []
+    for c, name in enumerate(columns or [""]):
+        d = diffs[c] if c < len(diffs) else None
+        if d is None and columns:
+            continue
+        per = [verdict_text(comp, d) for comp in comps]
+        said = f"{per[0]} at every seed" if len(set(per)) == 1 and len(per) > 1 else ", ".join(per)
+        parts.append(f"{name}: {said}" if name else said)
+    return "; ".join(parts) or across_seeds(comps, [])
 
 
 def at_n_lines(name: str, per_seed: dict) -> list:
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]][name]
     lines = [f"**{first['title']}** (seeds {', '.join(map(str, seeds))})", "",
-             "| row | N | Test@N per seed | tokens@N per seed | vs | verdict per seed |", "|---|---|---|---|---|---|"]
+             "| row | N | Test@N per seed | tokens@N per seed | paper | vs | Δ per seed: verdicts |",
+             "|---|---|---|---|---|---|---|"]
     comps = {(c["row"], c["n"]): i for i, c in enumerate(first.get("comparisons", []))}
     for i, row in enumerate(first["rows"]):
-        for key in row:
-            if not key.startswith("test@"):
-                continue
-            n = int(key[5:])
+        for n in sorted(int(key[5:]) for key in row if key.startswith("test@")):
+            key = f"test@{n}"
             tests = " / ".join(f"{100 * per_seed[s][name]['rows'][i][key]:.1f}" for s in seeds)
             tokens = " / ".join(f"{per_seed[s][name]['rows'][i][f'tokens@{n}']:.0f}" for s in seeds)
             j = comps.get((row["label"], n))
@@ -86,8 +110,9 @@ def at_n_lines(name: str, per_seed: dict) -> list:
             else:
                 cs = [per_seed[s][name]["comparisons"][j] for s in seeds]
                 vs = cs[0]["against"]
-                verdicts = " / ".join(f"{100 * c['diff']:+.1f} {verdict_text(c, c['paper_diff'])}" for c in cs)
-            lines.append(f"| {row['label']} | {n} | {tests} | {tokens} | {vs} | {verdicts} |")
+                verdicts = " / ".join(f"{100 * c['diff']:+.1f}" for c in cs) + ": " + across_seeds(cs, [])
+            at = [k for k in sorted(int(key[5:]) for key in row if key.startswith("test@"))].index(n)
+            lines.append(f"| {row['label']} | {n} | {tests} | {tokens} | {paper_cell(row, at)} | {vs} | {verdicts} |")
     return lines
 
 
@@ -108,7 +133,8 @@ def main(argv=None) -> None:
         else:
             path = run_seed(args.config, seed, args.overrides)
         per_seed[seed] = json.loads(path.read_text())
-    names = list(per_seed[args.seeds[0]])
+    order = list(build_plan(args.config, [f"seed={args.seeds[0]}", *args.overrides]).root.tables)  # the config's
+    names = sorted(per_seed[args.seeds[0]], key=lambda n: order.index(n) if n in order else len(order))
     for name in names:
         kind = per_seed[args.seeds[0]][name]["kind"]
         print("\n".join((at_n_lines if kind == "test_at" else accuracy_lines)(name, per_seed)) + "\n")

@@ -47,7 +47,8 @@ def test_step_down_stops_at_the_first_unresolved_comparison():
 def test_verdicts():
     assert verdict(1, 2.0) == "matches" and verdict(-1, -0.5) == "matches"
     assert verdict(-1, 2.0) == "opposite" and verdict(0, 2.0) == "not resolved"
-    assert verdict(1, 0.0) == "paper: no change" and verdict(1, None) == "–"
+    assert verdict(0, 0.0) == "paper: no change" and verdict(-1, 0.0) == "paper: no change, ours resolved -"
+    assert verdict(1, None) == "–"
 
 
 def fake_plan(tmp_path: Path, rows: dict):

@@ -150,7 +150,7 @@ def verdict(sign: int, paper_diff: Optional[float]) -> str:
     if paper_diff is None:
         return "–"
     if paper_diff == 0:
-        return "paper: no change"
+        return "paper: no change" + ("" if sign == 0 else f", ours resolved {'+' if sign > 0 else '-'}")
     if sign == 0:
         return "not resolved"
     return "matches" if (sign > 0) == (paper_diff > 0) else "opposite"
@@ -225,7 +225,8 @@ def accuracy_table(plan, spec: TableSpec) -> tuple:
         k = sum(r["correct"] for r in recs)
         stats.append({"label": spec.rows[i].label, "eval": spec.rows[i].eval, "n": len(recs), "accuracy": k / len(recs),
                       "wilson": wilson(k, len(recs)), "no_answer": sum(r["no_answer"] for r in recs) / len(recs),
-                      "mean_tokens": sum(r["response_tokens"] for r in recs) / len(recs)})
+                      "mean_tokens": sum(r["response_tokens"] for r in recs) / len(recs),
+                      "paper": list(spec.rows[i].paper), "paper_no_answer": list(spec.rows[i].paper_no_answer)})
     pairs = [(i, compared_row(spec, i)) for i in range(len(spec.rows))]
     pairs = [(i, j) for i, j in pairs if j is not None]
     family = compare_family([([r["correct"] for r in first[i]], [r["correct"] for r in first[j]]) for i, j in pairs],
@@ -258,7 +259,8 @@ def accuracy_table(plan, spec: TableSpec) -> tuple:
     if notes:
         lines += [""] + [f"Note: {n}" for n in notes]
     text = (f"**{spec.title}**\n\n" if spec.title else "") + "\n".join(lines) + "\n"
-    return text, {"title": spec.title, "kind": spec.kind, "problems": len(ids), "rows": stats, "notes": notes}
+    return text, {"title": spec.title, "kind": spec.kind, "problems": len(ids), "rows": stats, "notes": notes,
+                  "paper_columns": list(cols)}
 
 
 def at_n_table(plan, spec: TableSpec) -> tuple:
@@ -276,7 +278,8 @@ def at_n_table(plan, spec: TableSpec) -> tuple:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     stats = []
     for i, row in enumerate(spec.rows):
-        cells, s = [row.label + (" (ours)" if row.ours else "")], {"label": row.label, "eval": row.eval}
+        cells = [row.label + (" (ours)" if row.ours else "")]
+        s = {"label": row.label, "eval": row.eval, "paper": list(row.paper)}
         for n in ns:
             k = sum(solved[i][n])
             lo, hi = wilson(k, len(ids))
