@@ -23,6 +23,16 @@ def _run_from_repo(monkeypatch):
     monkeypatch.chdir(REPO)  # configs name repository-relative files (mcts_data/..., marco_train/toy/...)
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """os.environ after a test is what it was before: a stage run in-process sets the libraries' quiet variables
+    (logs.quiet_libraries), which every later subprocess would inherit (a --verbose run then showed no bars)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def toy_tokenizer():
     from marco_train.models import load_tokenizer

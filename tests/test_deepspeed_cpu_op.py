@@ -4,6 +4,7 @@ without our guard (train/common.py `_load_cpu_shm_op`) every later ZeRO start on
 from __future__ import annotations
 
 import pytest
+
 from conftest import PYTHON, run
 
 
