@@ -59,47 +59,48 @@ def _sliding(config) -> bool:
         getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
 
 
-def _refuse(key: str, reason: str) -> None:
-    raise ValueError(f"{key}: true, but {reason}; leave it null (auto) or set false")
+def _blocker(config, trust_remote_code: bool, remote_why: str, allowed, cannot: str, unverified: Optional[str]):
+    """Why a feature cannot be used on this model (None: it can). unverified: the feature named in the message
+    for a model type outside SUPPORTED_MODEL_TYPES (None: skip that check)."""
+    attn = attention_of(config)
+    if trust_remote_code:
+        return remote_why
+    if attn not in allowed:
+        return f"attention '{attn}' {cannot} (use {', '.join(allowed)})"
+    if unverified and config.model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type '{config.model_type}' is not verified for {unverified} ({', '.join(SUPPORTED_MODEL_TYPES)})"
+    return None
+
+
+def _settle(key: str, force: Optional[bool], reason: Optional[str], yes: str) -> Tuple[bool, str]:
+    if reason is None:
+        return True, yes
+    if force:
+        raise ValueError(f"{key}: true, but {reason}; leave it null (auto) or set false")
+    return False, reason
 
 
 def decide(config, force: Optional[bool] = None, trust_remote_code: bool = False) -> Tuple[bool, str]:
     """(share the prefix?, why) for a model config. force=None: when exact; True: raise if not; False: never."""
     if force is False:
         return False, "prefix_sharing: false"
-    attn = attention_of(config)
-    if trust_remote_code:
-        reason = "a trust_remote_code model's attention may not take our masks"
-    elif attn not in TREE_ATTENTION:
-        reason = f"attention '{attn}' cannot take a tree mask (use {', '.join(TREE_ATTENTION)})"
-    elif config.model_type not in SUPPORTED_MODEL_TYPES:
-        reason = f"model type '{config.model_type}' is not verified for tree masks ({', '.join(SUPPORTED_MODEL_TYPES)})"
-    elif _sliding(config):
+    reason = _blocker(config, trust_remote_code, "a trust_remote_code model's attention may not take our masks",
+                      TREE_ATTENTION, "cannot take a tree mask", "tree masks")
+    if reason is None and _sliding(config):
         reason = "sliding-window attention layers: a 4D mask would replace the window"
-    else:
-        kind = "block mask" if attn == "flex_attention" else "dense tree mask"
-        return True, f"shared prefix computed once per pair ({attn}, {kind})"
-    if force:
-        _refuse("prefix_sharing", reason)
-    return False, reason
+    attn = attention_of(config)
+    kind = "block mask" if attn == "flex_attention" else "dense tree mask"
+    return _settle("prefix_sharing", force, reason, f"shared prefix computed once per pair ({attn}, {kind})")
 
 
 def decide_packing(config, force: Optional[bool] = None, trust_remote_code: bool = False) -> Tuple[bool, str]:
     """(pack without padding?, why): several sequences or trees per row, kept apart exactly."""
     if force is False:
         return False, "packing: false"
-    attn = attention_of(config)
-    if trust_remote_code:
-        reason = "a trust_remote_code model's attention may ignore the per-sample position ids"
-    elif attn not in PACKING_ATTENTION:
-        reason = f"attention '{attn}' does not keep packed samples apart (use {', '.join(PACKING_ATTENTION)})"
-    elif config.model_type not in SUPPORTED_MODEL_TYPES and not force:
-        reason = f"model type '{config.model_type}' is not verified for packing ({', '.join(SUPPORTED_MODEL_TYPES)})"
-    else:
-        return True, f"packed without padding ({attn})"
-    if force:
-        _refuse("packing", reason)
-    return False, reason
+    reason = _blocker(config, trust_remote_code, "a trust_remote_code model's attention may ignore the per-sample "
+                      "position ids", PACKING_ATTENTION, "does not keep packed samples apart",
+                      None if force else "packing")
+    return _settle("packing", force, reason, f"packed without padding ({attention_of(config)})")
 
 
 def dense_mask(config) -> bool:
