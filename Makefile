@@ -36,7 +36,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 	$(VENV_VLLM)/bin/python -m pytest -q tests/test_vllm*.py
 
 .PHONY: install demo test
