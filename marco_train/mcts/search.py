@@ -149,7 +149,7 @@ class Searcher:
         self.prompts: Dict[tuple, List[int]] = {}
         self.encoded: Dict[tuple, List[int]] = {}  # segment starts (separator, tag, prefill) by engine
         self.wait_for_siblings = False  # True: an expansion waits for all its children (same trees, less overlap)
-        # False: test-time search (eval/test_time.py): terminals are not scored, no reflection on a wrong answer,
+        # False: test-time search (eval/mcts_decoding.py): terminals are not scored, no reflection on a wrong answer,
         # a tree stops after max_iterations rollouts
         self.ground_truth = True
 

@@ -9,7 +9,7 @@ mean response length, Test@N when sampling; definitions in marco_train/eval/metr
 truncated output is one that ran past what the task needs, not one cut by a small default.
 
 `decoding: mcts` decodes by test-time search instead of sampling (the paper's "+ MCTS decoding"; the search
-without ground truth, `search:` its keys, eval/test_time.py): one record per rollout, `search.rollouts` per
+without ground truth, `search:` its keys, eval/mcts_decoding.py): one record per rollout, `search.rollouts` per
 problem, Test@N over the first N rollouts. With several samples or rollouts per problem, metrics.json also has
 tokens@N (the tokens generated for the first N of them, mean per problem) for N in test_at.
 """
@@ -25,8 +25,8 @@ from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, p
 from ..engines import ENGINES, engine_from_config
 from ..engines.base import check_prompts_fit
 from ..eval.generate import sample
+from ..eval.mcts_decoding import DecodingSearch, check_search, search_decode, tokens_at
 from ..eval.metrics import score_samples, summarize
-from ..eval.test_time import DecodingSearch, check_search, search_decode, tokens_at
 from ..io import atomic_write_json, atomic_write_text
 from ..logs import progress
 from ..models import model_dir

@@ -1,4 +1,4 @@
-"""Test-time search (MCTS decoding, eval/test_time.py): Test@N and tokens@N on hand-made terminals equal the
+"""Test-time search (MCTS decoding, eval/mcts_decoding.py): Test@N and tokens@N on hand-made terminals equal the
 hand-computed values; a real search on the toy model never sees the answer, runs exactly N rollouts and counts
 every token once; the eval stage refuses a test-time search that would read the ground truth."""
 
@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from marco_train.config import ConfigError
 from marco_train.engines.hf_engine import HFEngine
+from marco_train.eval.mcts_decoding import DecodingSearch, rollout_records, search_trees, tokens_at
 from marco_train.eval.metrics import summarize
-from marco_train.eval.test_time import DecodingSearch, rollout_records, search_trees, tokens_at
 from marco_train.mcts.tree import Tree, path_confidence
 from marco_train.pipeline import build_plan
 from marco_train.tasks import get_task, load_problems_file
