@@ -85,7 +85,8 @@ def test_dry_run_from_another_directory_with_python_dash_m(tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     planned = [line.split("[dry-run] ", 1)[1].split()[0] for line in proc.stdout.splitlines() if "[dry-run]" in line]
-    assert planned == ["bootstrap", "mcts", "eval_base", "split", "sft", "dpo", "eval_sft", "eval_dpo"]
+    assert planned == ["bootstrap", "mcts", "eval_base", "split", "sft", "dpo", "dpo_plain", "eval_sft", "eval_dpo",
+                       "eval_dpo_plain"]
     assert not (tmp_path / "runs").exists()
 
 
