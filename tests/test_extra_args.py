@@ -50,6 +50,7 @@ def test_accepted_keys_reach_training_arguments_over_our_defaults(tmp_path):
 def test_a_constant_schedule_from_extra_args_keeps_the_learning_rate(tmp_path):
     """The demo's sft decays its learning rate linearly; extra_args.lr_scheduler_type=constant keeps it."""
     overrides = [f"runs_dir={tmp_path}", "stages.sft.nproc_per_node=1", "stages.sft.training.max_steps=3",
+                 "stages.sft.training.learning_rate=1e-4", "stages.sft.log_every=1", "stages.mcts.nproc_per_node=1",
                  "stages.split.process_check=false", "stages.mcts.num_problems=4", "stages.mcts.max_iterations=8",
                  "stages.mcts.min_iterations=4", "wandb.mode=disabled"]
     rates = {}
