@@ -55,11 +55,12 @@ def test_a_library_edit_changes_exactly_the_stages_whose_code_imports_it(clone, 
     edit(root / "marco_train/data/split.py", "return min(range(len(lengths)), key=lambda i: lengths[i])",
          "return max(range(len(lengths)), key=lambda i: lengths[i])")
     after_split = fingerprints()
-    assert {n for n in before if before[n] != after_split[n]} == {"split", "sft", "dpo", "eval_sft", "eval_dpo"}
+    assert {n for n in before if before[n] != after_split[n]} == {"split", "sft", "dpo", "dpo_plain", "eval_sft",
+                                                                     "eval_dpo", "eval_dpo_plain"}
     edit(root / "marco_train/train/losses.py", "return -(1.0 - epsilon) * F.logsigmoid(delta) - epsilon *",
          "return -(1.0 - 2 * epsilon) * F.logsigmoid(delta) - 2 * epsilon *")
     after_loss = fingerprints()
-    assert {n for n in before if after_split[n] != after_loss[n]} == {"dpo", "eval_dpo"}
+    assert {n for n in before if after_split[n] != after_loss[n]} == {"dpo", "dpo_plain", "eval_dpo", "eval_dpo_plain"}
     # comments, docstrings and layout are not code
     edit(root / "marco_train/train/losses.py", '"""−(1−ε)·log σ(Δ) − ε·log σ(−Δ), elementwise',
          '"""A reworded docstring.\n\n    −(1−ε)·log σ(Δ) − ε·log σ(−Δ), elementwise')
