@@ -36,7 +36,7 @@ def test_demo_sft_under_torchrun_two_ranks_saves_a_model_that_reloads_and_genera
     from marco_train.tasks import get_task
     from reference_generation import generate
 
-    args = [f"runs_dir={tmp_path / 'runs'}", "stages.mcts.num_problems=6"]
+    args = [f"runs_dir={tmp_path / 'runs'}", "stages.mcts.num_problems=6", "stages.sft.log_every=1"]
     pipeline("configs/demo.yaml", *args, flags=["--until", "split"], env=ONE_THREAD)
     torchrun("launchers/sft.py", "--config", "configs/demo.yaml", *args, nproc=2)
     (out,) = (tmp_path / "runs" / "demo").glob("sft-*")
