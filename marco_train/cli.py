@@ -158,6 +158,7 @@ def stage_main(kind: str | None, argv=None, prog: str = "") -> None:
         # torchrun may start another world size than the config's nproc_per_node x nnodes: check the batch again
         check_world_batch(instance.cfg, f"stages.{instance.name}", lambda key: args.config, dist.world_size())
         execute_stage(plan, instance, force=args.force)
+    dist.shutdown()
 
 
 def push_main(argv=None, prog: str = "marco-train push-to-hub") -> None:

@@ -70,19 +70,35 @@ def _start_heartbeat() -> None:
     except Exception:  # not torchrun's env:// store: no heartbeats, failures are reported as they come
         return
     key, who = HEARTBEAT_KEY.format(rank=rank()), f"{socket.gethostname()} pid {os.getpid()}"
+    stop = threading.Event()
 
     def beat() -> None:
         count = 0
-        while True:
+        while not stop.is_set():
             count += 1
             try:
                 store.set(key, f"{count} {who}")
             except Exception:  # the store's host is gone: failure_message says so
                 return
-            time.sleep(HEARTBEAT_SECONDS)
+            stop.wait(HEARTBEAT_SECONDS)
 
-    threading.Thread(target=beat, name="marco-heartbeat", daemon=True).start()
-    _state["heartbeat"] = True
+    thread = threading.Thread(target=beat, name="marco-heartbeat", daemon=True)
+    thread.start()
+    _state.update(heartbeat=True, stop=stop, thread=thread)
+
+
+def shutdown() -> None:
+    """The end of a rank's finished work: the heartbeat stops (joined), then the process group is destroyed. Left
+    to the interpreter's exit, a C++ thread still running in gloo or in the store client could abort the process
+    after its work was done ("terminate called without an active exception", exit -6: seen under load)."""
+    import torch.distributed as dist
+
+    if _state.get("stop") is not None:
+        _state["stop"].set()
+        _state["thread"].join(timeout=HEARTBEAT_SECONDS + 30)  # a store.set in flight ends by its own timeout
+        _state.update(heartbeat=False, stop=None, thread=None)
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def lost_ranks() -> Optional[List[Tuple[int, str]]]:

@@ -256,7 +256,8 @@ def test_eval_stage_on_vllm_scores_the_hf_engine_samples(tmp_path):
     env = {"WANDB_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": "1"}
     outs = {}
     for engine in ("hf", "vllm"):
-        overrides = [f"runs_dir={tmp_path}", "stages.eval_base.num_problems=16", f"stages.eval_base.engine={engine}"]
+        overrides = [f"runs_dir={tmp_path}", "stages.eval_base.num_problems=16", f"stages.eval_base.engine={engine}",
+                     "stages.eval_base.nproc_per_node=1"]  # in-process (the demo evaluates on 2 ranks)
         pipeline("configs/demo.yaml", *overrides, flags=["--until", "eval_base"], env=env)
         outs[engine] = build_plan("configs/demo.yaml", overrides).stages["eval_base"].out_dir
     hf, vllm = ([json.loads(x) for x in (outs[e] / "samples.jsonl").read_text().splitlines()] for e in outs)
