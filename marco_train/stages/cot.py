@@ -1,16 +1,16 @@
 """Stage `cot`: chain-of-thought fine-tuning on tagged traces written from the task's known solutions.
 
-The real-model counterpart of the toy world's bootstrap stage (and of the paper's Marco-o1-CoT model): before
-the search, a checkpoint that cannot yet write the tagged format learns it. Any task whose problems it can
-solve itself can write the traces (`Task.solution_steps`; today gsm8k on our templated word problems,
-mcts_data/problems/word_*.jsonl, and toy); a task without solutions is refused at plan time. For each problem
-the task writes `traces_per_problem` traces (tasks/traces.py): sub_task, one thinking per step, a double_check,
-the answer; with probability `error_rate` the last step first goes wrong, the double_check catches it and a
-reflection and a thinking_from_scratch lead to the corrected work. Each trace's RNG is seeded from (seed,
-problem id, trace number), so a trace does not depend on the others. A problem the task has no solution for is
-skipped and counted. The fine-tuning is the sft stage's (train/sft_trainer.py: the prompt contract's sequences,
-the loss on the response only, packing, LoRA, DeepSpeed, resume; the same `model`, `training`, `packing` and
-`lora` keys).
+The real-model counterpart of the toy world's bootstrap stage (and of the paper's Marco-o1-CoT model): before the
+search, a checkpoint that cannot yet write the tagged format learns it. Any task whose problems it can solve itself
+can write the traces (`Task.solution_steps`; today gsm8k on our templated word problems,
+mcts_data/problems/word_*.jsonl, and toy); a task without solutions is refused at plan time. For each problem the
+task writes `traces_per_problem` traces (tasks/traces.py): sub_task, one thinking per step, a double_check, the
+answer; with probability `error_rate` the last step first goes wrong, the double_check catches it and a reflection
+and a thinking_from_scratch lead to the corrected work. Each trace's RNG is seeded from (seed, problem id, trace
+number) (engines.base.derive_seed), so a trace does not depend on the others. A problem the task has no solution
+for is skipped and counted. The fine-tuning is the sft stage's (train/sft_trainer.py: the prompt contract's
+sequences, the loss on the response only, packing, LoRA, DeepSpeed, resume; the same `model`, `training`, `packing`
+and `lora` keys).
 
 Dev split: the last `dev_problems` of the problems get no trace; after training the model answers them greedily
 (the eval stage's sampling and metrics, at most `dev_max_new_tokens` each) and the summary reports their metrics
@@ -30,6 +30,7 @@ from typing import Optional
 from .. import dist
 from ..config import ConfigError, ModelConfig, StageConfig, TrainingConfig, at_least, checked, path_field
 from ..engines import engine_from_config
+from ..engines.base import derive_seed
 from ..io import atomic_write_json, atomic_write_text
 from ..logs import progress
 from ..models import model_dir
@@ -91,7 +92,7 @@ def trace_rows(task, problems, per_problem: int, error_rate: float, seed: int) -
             skipped += 1
             continue
         for j in range(per_problem):
-            response = task.write_trace(p.question, random.Random(f"{seed}:{p.id}:{j}"), error_rate)
+            response = task.write_trace(p.question, random.Random(derive_seed(seed, p.id, "trace", j)), error_rate)
             rows.append({"id": f"{p.id}/{j}", "question": p.question, "response": response,
                          "mistake": "<reflection>" in response})
     return rows, skipped
