@@ -114,5 +114,8 @@ def test_the_stage_writes_the_traces_fine_tunes_and_evaluates_the_dev_problems(t
     assert summary["dev_problems"] == 2 and summary["dev"]["samples"] == 2
     dev = [json.loads(line) for line in (out / "dev_samples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in dev] == [p.id for p in problems[4:]]
+    assert json.loads((out / "dev_metrics.json").read_text()) == summary["dev"]
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert logged["step"] == 2 and logged["dev/samples"] == 2 and logged["dev/accuracy"] == summary["dev"]["accuracy"]
     assert (out / "model" / "model.safetensors").exists()
     assert "`cot` stage: chain-of-thought fine-tuning" in (out / "model" / "README.md").read_text()

@@ -150,4 +150,5 @@ def run(ctx) -> dict:
                 f"{m['mean_response_tokens']:.1f} tokens")
         if dist.is_main():
             atomic_write_json(ctx.out_dir / "dev_metrics.json", m)
+            ctx.tracker.log({f"dev/{k}": v for k, v in m.items()}, step=summary["steps"])
     return summary
