@@ -84,6 +84,11 @@ def check_config(cfg, prefix: str, where) -> None:
     check_training(cfg, prefix, where)
 
 
+def unread_keys(cfg) -> tuple:
+    """Keys this config does not read (kept out of the fingerprint): without dev problems, the dev budget."""
+    return () if cfg.dev_problems else ("dev_max_new_tokens",)
+
+
 def trace_rows(task, problems, per_problem: int, error_rate: float, seed: int) -> tuple[list, int]:
     """(SFT rows {id, question, response, mistake}, problems the task has no solution for)."""
     rows, skipped = [], 0
