@@ -40,6 +40,7 @@ from .stages import check_inputs, unknown_upstream
 # Stage kind -> module; what a stage module defines: marco_train/stages/__init__.py.
 STAGE_MODULES = {
     "bootstrap": "marco_train.stages.bootstrap",
+    "cot": "marco_train.stages.cot",
     "mcts": "marco_train.stages.mcts",
     "split": "marco_train.stages.split",
     "sft": "marco_train.stages.sft",

@@ -31,7 +31,7 @@ def test_help_names_every_command_and_stage_kind_with_examples(capsys):
     assert code == 0
     for name in ("run", "stage", "ablate", "show-tree", "prepare-smollm2", "push-to-hub", "ls", "cat"):
         assert f"\n  {name} " in out
-    assert f"stage kinds: {', '.join(STAGE_MODULES)} " in out and "bootstrap, mcts, split, sft, dpo, eval" in out
+    assert f"stage kinds: {', '.join(STAGE_MODULES)} " in out and "bootstrap, cot, mcts, split, sft, dpo, eval" in out
     assert "examples:\n  marco-train run --config configs/demo.yaml" in out
     assert "torchrun --nproc_per_node=8 -m marco_train dpo --config my.yaml" in out
     code, _, err = command(capsys)  # no command: the same help, on stderr, exit 2
@@ -42,7 +42,7 @@ def test_an_unknown_command_is_one_line_with_a_suggestion(capsys):
     code, out, err = command(capsys, "rnu", "--config", "configs/demo.yaml")
     assert (code, out) == (2, "")
     assert err.startswith("error: unknown command 'rnu' (commands: run, stage, ablate, show-tree, prepare-smollm2, "
-                          "push-to-hub, ls, cat, bootstrap, mcts, split, sft, dpo, eval); did you mean 'run'?")
+                          "push-to-hub, ls, cat, bootstrap, cot, mcts, split, sft, dpo, eval); did you mean 'run'?")
 
 
 def test_ls_lists_the_shipped_configs_and_cat_prints_one(capsys):

@@ -76,7 +76,7 @@ def test_a_wheel_installed_elsewhere_runs_the_demo_like_the_clone(tmp_path):
         env.update(quiet, PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
         run = dict(cwd=user, env=env, timeout=900)
         marco = str(venv / "bin" / "marco-train")
-        assert "stage kinds: bootstrap, mcts, split, sft, dpo, eval" in checked([marco, "--help"], **run).stdout
+        assert "stage kinds: bootstrap, cot, mcts, split, sft, dpo, eval" in checked([marco, "--help"], **run).stdout
         site = checked([str(venv / "bin" / "python"), "-c", "import marco_train; print(marco_train.__file__)"],
                        **run).stdout.strip()
         assert Path(site).is_relative_to(venv) and not Path(site).is_relative_to(REPO)

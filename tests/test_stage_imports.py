@@ -21,4 +21,4 @@ def test_importing_the_planner_and_every_stage_module_loads_no_heavy_library():
             f"print(json.dumps(sorted(k for k in {HEAVY!r} if k in sys.modules)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-    assert len(modules) == 7  # the planner and the six stage kinds
+    assert len(modules) == 8  # the planner and the seven stage kinds

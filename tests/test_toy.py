@@ -9,7 +9,8 @@ from marco_train.prompts import REFLECTION_TEXT, build_prompt, parse_response, p
 from marco_train.tasks import get_task, load_problems_file
 from marco_train.tasks.toy import generate, is_heldout, steps_of
 from marco_train.toy.tokenizer import build_tokenizer
-from marco_train.toy.traces import trace
+
+TOY = get_task("toy")
 
 
 def test_bundled_problems_are_correct_and_disjoint():
@@ -98,14 +99,14 @@ def test_toy_traces_pass_the_step_checker():
     rng = random.Random(0)
     for p in load_problems_file("mcts_data/problems/toy_train.jsonl", limit=300):
         for error_rate in (0.0, 1.0):
-            assert get_task("toy").check_steps(p.question, trace(p.question, rng, error_rate)).ok
+            assert get_task("toy").check_steps(p.question, TOY.write_trace(p.question, rng, error_rate)).ok
 
 
 def test_trace_format():
-    plain = trace("Compute 12 + 7 - 5.", random.Random(0), error_rate=0.0)
+    plain = TOY.write_trace("Compute 12 + 7 - 5.", random.Random(0), error_rate=0.0)
     assert [s.type for s in parse_response(plain)] == ["sub_task", "thinking", "thinking", "double_check", "answer"]
     assert get_task("toy").score(plain, "14") == ("14", True)
-    wrong = trace("Compute 12 + 7 - 5.", random.Random(0), error_rate=1.0)
+    wrong = TOY.write_trace("Compute 12 + 7 - 5.", random.Random(0), error_rate=1.0)
     types = [s.type for s in parse_response(wrong)]
     assert types[:6] == ["sub_task", "thinking", "thinking", "double_check", "reflection", "thinking_from_scratch"]
     assert REFLECTION_TEXT in wrong and "Wrong." in wrong and get_task("toy").score(wrong, "14") == ("14", True)
@@ -121,7 +122,7 @@ def test_shipped_tokenizer_round_trips_after_reload(toy_tokenizer, tmp_path):
     from marco_train.models import load_tokenizer
 
     tok = load_tokenizer(tmp_path)
-    text = trace("Compute 31 + 9 - 17.", random.Random(1), error_rate=1.0)
+    text = TOY.write_trace("Compute 31 + 9 - 17.", random.Random(1), error_rate=1.0)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) > 20 and tok.decode(ids) == text
     for tag in ("<thinking>", "</thinking>", "<double_check>", "</answer>"):
@@ -137,7 +138,7 @@ def test_shipped_tokenizer_round_trips_after_reload(toy_tokenizer, tmp_path):
 def test_tokenizer_build_is_deterministic(toy_tokenizer):
     problems = load_problems_file("mcts_data/problems/toy_train.jsonl")
     rng = random.Random(1)
-    corpus = [p.question for p in problems] + [trace(p.question, rng, 0.15) for p in problems]
+    corpus = [p.question for p in problems] + [TOY.write_trace(p.question, rng, 0.15) for p in problems]
     rebuilt = build_tokenizer(corpus, 512)
     assert rebuilt.get_vocab() == toy_tokenizer.get_vocab()
 
@@ -150,7 +151,7 @@ def test_shipped_checkpoint_has_a_record():
 def test_format_following():
     from marco_train.eval.metrics import follows_format
 
-    good = trace("Compute 12 + 7 - 5.", random.Random(0), error_rate=1.0)
+    good = TOY.write_trace("Compute 12 + 7 - 5.", random.Random(0), error_rate=1.0)
     assert follows_format(good)
     assert not follows_format(good.rsplit("</answer>", 1)[0])  # truncated: the answer tag never closes
     assert not follows_format("The answer is: 14")  # no tags at all

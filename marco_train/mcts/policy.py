@@ -45,7 +45,7 @@ class NodeTypeConfig:
 
 
 def default_node_types() -> Dict[str, NodeTypeConfig]:
-    """The authors' v2 demo matrix, with prefills the toy model was trained on (marco_train/toy/traces.py)."""
+    """The authors' v2 demo matrix, with prefills the toy model was trained on (marco_train/tasks/traces.py)."""
     t = NodeTypeConfig
     return {
         ROOT: t(children={"sub_task": 2}),

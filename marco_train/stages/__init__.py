@@ -1,4 +1,4 @@
-"""One module per stage kind (bootstrap, mcts, split, sft, dpo, eval); see docs/architecture.md.
+"""One module per stage kind (bootstrap, cot, mcts, split, sft, dpo, eval); see docs/architecture.md.
 
 A stage module reads top to bottom: its docstring (inputs, outputs, why), `Config` (a StageConfig subclass),
 the plan-time checks (`check_config(cfg, prefix, where)`, optional), then `run(ctx) -> summary dict`. It also

@@ -31,12 +31,11 @@ from the last complete checkpoint and truncates metrics.jsonl after its step. Th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from ..config import ConfigError, LoraConfig, ModelConfig, StageConfig, TrainingConfig, at_least, checked
 from ..data.user_data import DatasetConfig, check_dataset_config
-from ..models import load_tokenizer, model_dir
+from ..models import model_dir
 from ..tasks import check_task_or_recorded, get_task
 from . import check_deepspeed
 
@@ -68,6 +67,11 @@ class Config(StageConfig):
 def check_config(cfg, prefix: str, where=lambda key: key) -> None:
     """Called by the pipeline at plan time (before any work)."""
     check_dataset_config(cfg.dataset, "sft", prefix, where, cfg.inputs)
+    check_training(cfg, prefix, where)
+
+
+def check_training(cfg, prefix: str, where) -> None:
+    """The plan-time checks of the training keys (packing, lora, training.deepspeed): the sft and cot stages'."""
     if cfg.packing and cfg.model.trust_remote_code:
         raise ConfigError(f"{where(prefix + '.packing')}: {prefix}.packing: true with model.trust_remote_code: true "
                           f"is refused: a remote-code model's attention may ignore the per-sample position ids, and "
@@ -78,47 +82,15 @@ def check_config(cfg, prefix: str, where=lambda key: key) -> None:
 
 
 def run(ctx) -> dict:
-    from ..data.user_data import stage_rows, system_prompts
-    from ..prompts import row_messages
-    from ..train.common import (
-        TrackerCallback,
-        checkpoint_step,
-        finish_checkpoints,
-        last_checkpoint,
-        run_train_loss,
-        save_final,
-    )
-    from ..train.model_card import model_card
-    from ..train.sft_trainer import build_trainer, tokenize_sft
+    from ..data.user_data import stage_rows
+    from ..train.sft_trainer import fine_tune
 
     cfg = ctx.cfg
     rows, task_name, source, described = stage_rows(cfg, ctx.inputs.get("data"), "sft", f"stages.{ctx.name}")
     task = get_task(task_name) if task_name else None
     model_path = cfg.model.name_or_path or str(model_dir(ctx.inputs["model"]))
-    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
     rows = rows[:cfg.max_samples] if cfg.max_samples else rows
     if len(rows) == 0:
         raise ConfigError(f"stages.{ctx.name}: the SFT set {source} is empty; see the split stage's summary.json "
                           f"for why queries were dropped")
-    dataset = tokenize_sft(rows, tokenizer, task, cfg.training.max_length, source)
-    trainer = build_trainer(cfg, model_path, dataset, tokenizer, ctx.out_dir, ctx.root.seed, cfg.log_every,
-                            callbacks=[TrackerCallback(ctx, cfg.training.save_total_limit)])
-    ctx.log(trainer.packing_why)
-    resume = last_checkpoint(ctx.out_dir)
-    if resume:
-        ctx.log(f"resuming from {resume}")
-        ctx.tracker.truncate_after(checkpoint_step(resume))
-    result = trainer.train(resume_from_checkpoint=resume)
-    merge = cfg.lora.enabled and cfg.lora.merge
-    card = model_card(kind=KIND, name=f"{ctx.root.experiment}/{ctx.name}", start=model_path, data=described,
-                      prompt_messages=row_messages(task, rows[0]), system_prompts=system_prompts(rows, task),
-                      model_path=str(model_dir(ctx.out_dir)), steps=trainer.state.global_step, samples=len(rows))
-    final = save_final(trainer, tokenizer, ctx.out_dir, merge_onto=model_path if merge else None, model_cfg=cfg.model,
-                       card=card)
-    freed = finish_checkpoints(ctx.out_dir, cfg.training.keep_optimizer_state)
-    loss = run_train_loss(trainer, result, resume)
-    ctx.log(f"saved {final} after {trainer.state.global_step} steps (train loss {loss:.4f})"
-            + (f"; {freed / 2**20:.1f} MiB of optimizer state removed from checkpoints/" if freed else ""))
-    return {"samples": len(rows), "packing": trainer.packing_why, "steps": trainer.state.global_step,
-            "train_loss": loss,
-            "resumed_from": Path(resume).name if resume else None, "model": str(final)}
+    return fine_tune(ctx, KIND, rows, task, model_path, source, described)

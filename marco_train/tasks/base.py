@@ -8,6 +8,7 @@ from typing import Callable, List, Optional
 
 from ..io import DataError, iter_jsonl
 from ..prompts import answer_text, closed_answer_text
+from .traces import Step, solution_trace
 
 PROBLEM_FIELDS = ("id", "question", "answer")
 
@@ -65,6 +66,10 @@ class Task:
     quantities). A model-based checker (an LLM judge, a process reward model) plugs in the same way: a Task
     subclass whose `check_steps` calls it and maps its score to a StepVerdict, registered in
     tasks/__init__.py; the split stage then filters with it (docs: mcts_data/README.md, "Process check").
+
+    *Known solutions* (`solution_steps`): a task that can solve its own problems gives a question's steps
+    (tasks/traces.py), and `write_trace` turns them into a tagged trace, some with a caught mistake and a
+    corrected retry: the cot stage's training data. The default has none (`can_write_traces` is False).
     """
 
     name = "base"
@@ -108,6 +113,24 @@ class Task:
     def score(self, response: str, reference: str) -> tuple[Optional[str], bool]:
         predicted = self.extract_answer(response)
         return predicted, self.is_correct(predicted, reference)
+
+    def solution_steps(self, question: str) -> Optional[List[Step]]:
+        """The known solution of `question` (tasks/traces.py), or None when this task cannot solve it."""
+        return None
+
+    def restart_text(self, question: str) -> str:
+        """The thinking_from_scratch of a trace's corrected retry."""
+        return "Start again from the question."
+
+    @property
+    def can_write_traces(self) -> bool:
+        return type(self).solution_steps is not Task.solution_steps
+
+    def write_trace(self, question: str, rng, error_rate: float) -> Optional[str]:
+        """A tagged trace of the known solution (a caught mistake and a retry with probability `error_rate`), or
+        None when the task has no solution for `question`."""
+        steps = self.solution_steps(question)
+        return solution_trace(steps, rng, error_rate, self.restart_text(question)) if steps else None
 
     @property
     def has_step_checker(self) -> bool:

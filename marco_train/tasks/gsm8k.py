@@ -13,6 +13,9 @@ Step checker (`check_steps`, the rules of tasks/steps.py): a claim is an equatio
 problems (tasks/word_problems.py, e.g. mcts_data/problems/word_*.jsonl) the work after the last
 reflection is complete when every intermediate quantity of the question's template appears in it as a
 number; on any other question (GSM8K itself) only the arithmetic and the catch-and-reflect rules apply.
+
+Known solutions (`solution_steps`, the cot stage's traces): those of our templated word problems; GSM8K's own
+questions have none (their worked solutions are prose, not steps this task can write).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from .answers import answer_value_text
 from .base import StepVerdict
 from .sources import DatasetTask, HubDataset, get_field, reasoning_system_prompt
 from .steps import check_process
-from .word_problems import intermediates
+from .traces import Step
+from .word_problems import intermediates, solution_steps
 
 NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 REFERENCE_MARK = "####"
@@ -109,6 +113,10 @@ class GSM8KTask(DatasetTask):
             return Decimal(predicted.replace(",", "")) == Decimal(reference.replace(",", ""))
         except InvalidOperation:
             return False
+
+    def solution_steps(self, question: str) -> Optional[List[Step]]:
+        """Our templated word problems' solutions (tasks/word_problems.py); None for GSM8K's own questions."""
+        return solution_steps(question)
 
     def check_steps(self, question: str, response: str) -> StepVerdict:
         needed = intermediates(question) or []

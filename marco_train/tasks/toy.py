@@ -28,6 +28,7 @@ from typing import Iterable, List, Optional
 from ..io import DataError
 from .base import Problem, StepVerdict, Task
 from .steps import check_process
+from .traces import Step
 
 ANSWER_RE = re.compile(r"The answer is:\s*(-?\d+)")
 CLAIM_RE = re.compile(r"(-?\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)")
@@ -109,6 +110,15 @@ class ToyTask(Task):
 
     def check_steps(self, question: str, response: str) -> StepVerdict:
         return check_toy_steps(question, response)
+
+    def solution_steps(self, question: str) -> Optional[List[Step]]:
+        """'Compute 12 + 7 - 5.' -> the steps '12 + 7 = 19', '19 - 5 = 14' (the bootstrap's traces)."""
+        if not QUESTION_RE.fullmatch(question):
+            return None
+        return [Step(f"{a} {op} {b}", c) for a, op, b, c in steps_of(question)]
+
+    def restart_text(self, question: str) -> str:
+        return f"Start again from {question.removeprefix('Compute ').rstrip('.')}."
 
     def is_correct(self, predicted: Optional[str], reference: str) -> bool:
         return predicted is not None and int(predicted) == int(reference)

@@ -15,25 +15,33 @@ from pathlib import Path
 from typing import List, Optional
 
 from .base import Problem
+from .traces import Step
 
 NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hana", "Ivan", "Julia", "Kofi", "Lena"]
 ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "books", "stamps", "shells"]
 
 
-# kind -> (question template, its quantities from the numbers in the question: every intermediate result in
-# order, the last one the answer). The step checker of the gsm8k task reads them back (`intermediates`).
+# kind -> (question template, its solution from the question's fields: the steps in order, each result an
+# intermediate quantity, the last one the answer). The step checker of the gsm8k task reads the quantities back
+# (`intermediates`); the cot stage writes traces from the steps (`solution_steps`, tasks/traces.py).
 TEMPLATES = {
     0: ("{name} has {a} {item}. {name} buys {b} more. How many {item} does {name} have now?",
-        lambda q: [q["a"] + q["b"]]),
+        lambda q: [Step(f"{q['a']} + {q['b']}", q["a"] + q["b"], f"{q['name']} buys {q['b']} more: ")]),
     1: ("{name} had {a} {item} and gave {b} of them to {friend}. How many {item} does {name} have left?",
-        lambda q: [q["a"] - q["b"]]),
+        lambda q: [Step(f"{q['a']} - {q['b']}", q["a"] - q["b"], f"{q['name']} gives {q['b']} away: ")]),
     2: ("{name} buys {b} packs of {item} with {c} {item} in each pack. How many {item} does {name} buy?",
-        lambda q: [q["b"] * q["c"]]),
-    3: ("A box holds {c} {item}. How many boxes are needed for exactly {n} {item}?", lambda q: [q["n"] // q["c"]]),
+        lambda q: [Step(f"{q['b']} * {q['c']}", q["b"] * q["c"], f"{q['b']} packs of {q['c']}: ")]),
+    3: ("A box holds {c} {item}. How many boxes are needed for exactly {n} {item}?",
+        lambda q: [Step(f"{q['n']} / {q['c']}", q["n"] // q["c"], f"{q['n']} {q['item']} in boxes of {q['c']}: ")]),
     4: ("{name} has {a} {item}, buys {b} more, then gives {c} to {friend}. How many {item} does {name} have now?",
-        lambda q: [q["a"] + q["b"], q["a"] + q["b"] - q["c"]]),
+        lambda q: [Step(f"{q['a']} + {q['b']}", q["a"] + q["b"], f"{q['name']} buys {q['b']} more: "),
+                   Step(f"{q['a'] + q['b']} - {q['c']}", q["a"] + q["b"] - q["c"],
+                        f"{q['name']} gives {q['c']} to {q['friend']}: ")]),
     5: ("{name} earns {b} dollars per hour and works {c} hours. Then {name} spends {c} dollars on lunch. "
-        "How many dollars does {name} have left?", lambda q: [q["b"] * q["c"], q["b"] * q["c"] - q["c"]]),
+        "How many dollars does {name} have left?",
+        lambda q: [Step(f"{q['b']} * {q['c']}", q["b"] * q["c"], f"{q['name']} earns {q['b']} for {q['c']} hours: "),
+                   Step(f"{q['b'] * q['c']} - {q['c']}", q["b"] * q["c"] - q["c"],
+                        f"{q['name']} spends {q['c']} on lunch: ")]),
 }
 NUMBER_FIELDS = ("a", "b", "c", "n")
 
@@ -62,19 +70,24 @@ def _one(rng: random.Random) -> tuple[str, int]:
         a = a + b
     if kind == 4:
         c = rng.randint(1, a + b)
-    template, quantities = TEMPLATES[kind]
-    numbers = {"a": a, "b": b, "c": c, "n": b * c}
-    question = template.format(name=name, friend=friend, item=item, **numbers)
-    return question, quantities(numbers)[-1]
+    template, solution = TEMPLATES[kind]
+    fields = {"name": name, "friend": friend, "item": item, "a": a, "b": b, "c": c, "n": b * c}
+    return template.format(**fields), solution(fields)[-1].result
+
+
+def solution_steps(question: str) -> Optional[List[Step]]:
+    """The steps of a templated question's solution (tasks/traces.py), or None for any other question."""
+    for kind, pattern in PATTERNS.items():
+        match = pattern.match(question)
+        if match:
+            return TEMPLATES[kind][1]({k: int(v) if k in NUMBER_FIELDS else v for k, v in match.groupdict().items()})
+    return None
 
 
 def intermediates(question: str) -> Optional[List[int]]:
     """Every intermediate quantity of a templated question (the answer last), or None for any other question."""
-    for kind, pattern in PATTERNS.items():
-        match = pattern.match(question)
-        if match:
-            return TEMPLATES[kind][1]({k: int(v) for k, v in match.groupdict().items() if k in NUMBER_FIELDS})
-    return None
+    steps = solution_steps(question)
+    return [s.result for s in steps] if steps is not None else None
 
 
 def generate(seed: int, count: int, prefix: str) -> List[Problem]:

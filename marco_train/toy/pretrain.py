@@ -23,7 +23,6 @@ from ..prompts import prompt_ids, response_ids
 from ..tasks import get_task, load_problems_file
 from . import RECORD_FILE
 from .tokenizer import build_tokenizer
-from .traces import trace
 
 
 def build_model(cfg, tokenizer) -> Qwen2ForCausalLM:
@@ -50,8 +49,8 @@ def pretrain(cfg, seed: int, out: Path, ctx) -> dict:
     task = get_task("toy")
     problems = load_problems_file(cfg.train_problems)
     corpus_rng = random.Random(seed + 1)
-    tokenizer = build_tokenizer([p.question for p in problems] + [trace(p.question, corpus_rng, cfg.error_rate)
-                                                                  for p in problems], cfg.vocab_size)
+    traces = [task.write_trace(p.question, corpus_rng, cfg.error_rate) for p in problems]
+    tokenizer = build_tokenizer([p.question for p in problems] + traces, cfg.vocab_size)
     model = build_model(cfg, tokenizer)
     ctx.log(f"training a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter model for {cfg.steps} steps")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01, betas=(0.9, 0.95))
@@ -63,7 +62,7 @@ def pretrain(cfg, seed: int, out: Path, ctx) -> dict:
         rows, labels = [], []
         for p in rng.sample(problems, cfg.batch_size):
             prompt = prompt_ids(tokenizer, task, p.question)
-            response = response_ids(tokenizer, trace(p.question, rng, cfg.error_rate))
+            response = response_ids(tokenizer, task.write_trace(p.question, rng, cfg.error_rate))
             rows.append(prompt + response)
             labels.append([-100] * len(prompt) + response)  # loss on the response only
         width = max(map(len, rows))

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional
 from ..prompts import NODE_TYPES, close_tag, open_tag
 
 WHAT = {"sft": "supervised fine-tuning, the loss on the response tokens only",
+        "cot": "chain-of-thought fine-tuning on tagged traces written from the task's known solutions, the "
+               "loss on the response tokens only",
         "dpo": "fine-grained DPO (cDPO + an SFT term on the chosen responses)"}
 
 

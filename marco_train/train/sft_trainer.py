@@ -1,4 +1,5 @@
-"""The sft stage's pieces: tokenising the SFT set to the prompt contract, the packing decision, TRL's SFTTrainer.
+"""The sft stage's pieces: tokenising the SFT set to the prompt contract, the packing decision, TRL's SFTTrainer,
+and `fine_tune`, the whole training run of the sft stage and the cot stage (train, save, card, summary).
 
 input_ids = the prompt (prompts.row_messages: the task's messages for the row's question, or a user row's own
 prompt messages, through the chat template) + prompts.response_ids (response + end-of-turn), completion_mask 0 on
@@ -16,10 +17,22 @@ from omegaconf import OmegaConf
 from trl import SFTConfig, SFTTrainer
 
 from ..config import ConfigError
+from ..data.user_data import system_prompts
 from ..io import DataError
-from ..models import load_model, resolve_attention
+from ..models import load_model, load_tokenizer, model_dir, resolve_attention
 from ..prompts import chat_prompt_ids, response_ids, row_messages
-from .common import our_console, peft_config, training_arguments
+from .common import (
+    TrackerCallback,
+    checkpoint_step,
+    finish_checkpoints,
+    last_checkpoint,
+    our_console,
+    peft_config,
+    run_train_loss,
+    save_final,
+    training_arguments,
+)
+from .model_card import model_card
 from .prefix_sharing import decide_packing, dense_mask
 
 
@@ -85,3 +98,32 @@ def build_trainer(cfg, model_path, train_dataset, tokenizer, out_dir: Path, seed
                                           callbacks=list(callbacks)))
     trainer.packing_why = f"packing {'on' if pack else 'off'}: {why}"
     return trainer
+
+
+def fine_tune(ctx, kind: str, rows, task, model_path: str, source: str, described: str) -> dict:
+    """Train a stage's model on SFT rows ({id, question or prompt, response}) with the stage config ctx.cfg (the
+    sft stage's keys: model, training, packing, lora), resuming from its last checkpoint; save the final model with
+    its model card; return the stage summary. The sft stage's run, and the cot stage's on its written traces."""
+    cfg = ctx.cfg
+    tokenizer = load_tokenizer(model_path, cfg.model.trust_remote_code)
+    dataset = tokenize_sft(rows, tokenizer, task, cfg.training.max_length, source)
+    trainer = build_trainer(cfg, model_path, dataset, tokenizer, ctx.out_dir, ctx.root.seed, cfg.log_every,
+                            callbacks=[TrackerCallback(ctx, cfg.training.save_total_limit)])
+    ctx.log(trainer.packing_why)
+    resume = last_checkpoint(ctx.out_dir)
+    if resume:
+        ctx.log(f"resuming from {resume}")
+        ctx.tracker.truncate_after(checkpoint_step(resume))
+    result = trainer.train(resume_from_checkpoint=resume)
+    merge = cfg.lora.enabled and cfg.lora.merge
+    card = model_card(kind=kind, name=f"{ctx.root.experiment}/{ctx.name}", start=model_path, data=described,
+                      prompt_messages=row_messages(task, rows[0]), system_prompts=system_prompts(rows, task),
+                      model_path=str(model_dir(ctx.out_dir)), steps=trainer.state.global_step, samples=len(rows))
+    final = save_final(trainer, tokenizer, ctx.out_dir, merge_onto=model_path if merge else None, model_cfg=cfg.model,
+                       card=card)
+    freed = finish_checkpoints(ctx.out_dir, cfg.training.keep_optimizer_state)
+    loss = run_train_loss(trainer, result, resume)
+    ctx.log(f"saved {final} after {trainer.state.global_step} steps (train loss {loss:.4f})"
+            + (f"; {freed / 2**20:.1f} MiB of optimizer state removed from checkpoints/" if freed else ""))
+    return {"samples": len(rows), "packing": trainer.packing_why, "steps": trainer.state.global_step,
+            "train_loss": loss, "resumed_from": Path(resume).name if resume else None, "model": str(final)}
