@@ -2,7 +2,7 @@
 
 Greedy when one sample per problem, else `n` samples at `temperature`; each problem's request is seeded
 from (seed, problem id), so its samples do not depend on batch composition or on the world size. Ranks take
-every world_size-th problem (`my_share`) and rank order is restored by `gather_records`.
+every world_size-th problem (`dist.my_share`) and rank order is restored by `gather_records`.
 """
 
 from __future__ import annotations
@@ -32,13 +32,8 @@ def sample(engine, task, problems, samples_per_problem: int, max_new_tokens: int
     return [g for i in range(len(problems)) for g in done[i]]
 
 
-def my_share(problems: list) -> list:
-    """This rank's problems: every world_size-th one from its rank (rank 0 gathers them back: gather_records)."""
-    return problems[dist.rank()::dist.world_size()]
-
-
 def gather_records(mine: list, problems: int, per_problem: int) -> list:
-    """Every rank's records (`per_problem` consecutive ones per problem of its my_share) in problem order."""
+    """Every rank's records (`per_problem` consecutive ones per problem of its dist.my_share) in problem order."""
     shards = dist.all_gather_object(mine)
     world = len(shards)
     return [shards[i % world][(i // world) * per_problem + j] for i in range(problems) for j in range(per_problem)]

@@ -105,12 +105,12 @@ def trace_rows(task, problems, per_problem: int, error_rate: float, seed: int) -
 
 def dev_metrics(ctx, task, problems, path: str) -> dict:
     """The fine-tuned model's greedy answers to the dev problems, scored as the eval stage scores them."""
-    from ..eval.generate import gather_records, my_share, sample
+    from ..eval.generate import gather_records, sample
     from ..eval.metrics import score_samples, summarize
 
     cfg = ctx.cfg
     engine = engine_from_config("hf", {}, cfg.model, path, "hf", max_batch_rows=cfg.dev_batch_size)
-    mine = my_share(problems)
+    mine = dist.my_share(problems)
     with progress(len(mine), f"{ctx.name}: dev problems", unit="problems") as bar:
         gens = sample(engine, task, mine, 1, cfg.dev_max_new_tokens, 1.0, ctx.root.seed, progress=bar)
     records = gather_records(score_samples(task, mine, gens), len(problems), 1)

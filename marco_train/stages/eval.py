@@ -24,7 +24,7 @@ from .. import dist
 from ..config import ConfigError, ModelConfig, StageConfig, at_least, checked, path_field
 from ..engines import ENGINES, engine_from_config
 from ..engines.base import check_prompts_fit
-from ..eval.generate import gather_records, my_share, sample
+from ..eval.generate import gather_records, sample
 from ..eval.mcts_decoding import DecodingSearch, check_search, search_decode, tokens_at
 from ..eval.metrics import score_samples, summarize
 from ..io import atomic_write_json, atomic_write_text
@@ -96,7 +96,7 @@ def run(ctx) -> dict:
     engine = engine_from_config(cfg.engine, cfg.engine_options, cfg.model, path, cfg.engine,
                                 max_batch_rows=cfg.batch_size)
     check_prompts_fit(engine, task, problems, cfg.problems_file)
-    mine = my_share(problems)
+    mine = dist.my_share(problems)
     search = cfg.decoding == "mcts"
     k = cfg.search.rollouts if search else cfg.samples_per_problem
     with progress(len(mine), f"{ctx.name}: problems", unit="problems") as bar:

@@ -83,7 +83,7 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     task = get_task(cfg.task)
     problems = task.load_problems(cfg.problems_file, cfg.split, cfg.num_problems)  # file:line errors come first
-    mine = sorted(problems, key=lambda p: p.id)[dist.rank()::dist.world_size()]
+    mine = dist.my_share(sorted(problems, key=lambda p: p.id))
     shard = shard_path(ctx.out_dir, dist.rank())
     shard.parent.mkdir(parents=True, exist_ok=True)
     if repair_jsonl_tail(shard):

@@ -55,7 +55,7 @@ def cached_reference(ctx, ref_path: str, examples) -> dict:
     ctx.log(f"precomputing reference log-probs for {len(examples)} pairs ({why}) -> {path}")
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     collate = PairCollator(pad, share, score_prefix=True, packed=pack)
-    mine, size = examples[dist.rank()::dist.world_size()], cfg.training.per_device_batch_size
+    mine, size = dist.my_share(examples), cfg.training.per_device_batch_size
     budget = cfg.micro_batch_tokens or default_micro_tokens(model.config, size, cfg.training.max_length)
     groups = (first_fit_decreasing([collate.tokens(e) for e in mine], budget) if pack else
               [range(i, min(i + size, len(mine))) for i in range(0, len(mine), size)])  # as the training steps do
