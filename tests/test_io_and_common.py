@@ -11,7 +11,7 @@ from marco_train.models import (
     resolve_dtype,
     resolve_gradient_checkpointing,
 )
-from marco_train.tasks import load_problems_file
+from marco_train.tasks import get_task, load_problems_file, select_problems
 from marco_train.train.common import gradient_accumulation, resolve_precision
 
 
@@ -26,6 +26,18 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
     path.write_text("")
     with pytest.raises(DataError, match="no problems in file"):
         load_problems_file(path)
+
+
+def test_first_problem_and_num_problems_select_a_slice_in_file_order(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(f'{{"id": "p{i}", "question": "q{i}", "answer": "{i}"}}\n' for i in range(6)))
+    toy = get_task("toy")
+    assert [p.id for p in select_problems(toy, str(path), "", 2, 3)] == ["p2", "p3", "p4"]
+    assert [p.id for p in select_problems(toy, str(path), "", 4, 0)] == ["p4", "p5"]  # 0 = all the rest
+    assert [p.id for p in select_problems(toy, str(path), "", 4, 9)] == ["p4", "p5"]
+    assert [p.id for p in select_problems(toy, str(path), "", 0, 2)] == ["p0", "p1"]
+    with pytest.raises(DataError, match=r"p.jsonl: first_problem=6 skips all of its 6 problems; lower it"):
+        select_problems(toy, str(path), "", 6, 0)
 
 
 def test_torn_tail_is_repaired(tmp_path):

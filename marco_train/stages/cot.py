@@ -34,7 +34,7 @@ from ..engines.base import derive_seed
 from ..io import atomic_write_json, atomic_write_text
 from ..logs import progress
 from ..models import model_dir
-from ..tasks import TASK_MODULES, check_problems_source, check_task, get_task
+from ..tasks import TASK_MODULES, check_problems_source, check_task, get_task, select_problems
 from .sft import SftLoraConfig, check_training
 
 KIND = "cot"
@@ -66,6 +66,7 @@ class Config(StageConfig):
     problems_file: str = path_field("mcts_data/problems/word_train.jsonl", check=check_problems_source)
     split: str = ""  # dataset split when the task loads problems by dataset name
     num_problems: int = at_least(0, default=0, hint="0 = all")
+    first_problem: int = at_least(0, default=0)  # skip the source's first N problems (0-based start)
     dev_problems: int = at_least(0, default=0, hint="the last N of the problems: no traces, evaluated after training")
     traces_per_problem: int = at_least(1, default=1)
     error_rate: float = checked(0.2, check_rate)  # share of traces with a caught mistake and a corrected retry
@@ -124,7 +125,7 @@ def run(ctx) -> dict:
 
     cfg, where = ctx.cfg, f"stages.{ctx.name}"
     task = get_task(cfg.task)
-    problems = task.load_problems(cfg.problems_file, cfg.split, cfg.num_problems)
+    problems = select_problems(task, cfg.problems_file, cfg.split, cfg.first_problem, cfg.num_problems)
     if cfg.dev_problems >= len(problems):
         raise ConfigError(f"{where}.dev_problems={cfg.dev_problems} leaves none of the {len(problems)} problems of "
                           f"{cfg.problems_file} to train on; lower it")

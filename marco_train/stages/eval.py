@@ -30,7 +30,7 @@ from ..eval.metrics import score_samples, summarize
 from ..io import atomic_write_json, atomic_write_text
 from ..logs import progress
 from ..models import model_dir
-from ..tasks import check_problems_source, check_task, get_task
+from ..tasks import check_problems_source, check_task, get_task, select_problems
 
 KIND = "eval"
 INPUTS = {"model": "model.name_or_path"}  # the checkpoint to evaluate
@@ -52,6 +52,7 @@ class Config(StageConfig):
     problems_file: str = path_field("mcts_data/problems/toy_heldout.jsonl", check=check_problems_source)
     split: str = ""  # dataset split when loading by name ("" = the task's default)
     num_problems: int = at_least(0, default=200, hint="0 = all")
+    first_problem: int = at_least(0, default=0)  # skip the source's first N problems (0-based start)
     max_new_tokens: int = at_least(0, default=0, hint="0 = the task's budget, Task.max_new_tokens")  # docstring
     engine: str = "hf"  # hf | vllm (marco_train/engines; vllm runs from its own venv, see the README)
     # keyword options of the engine: vllm: tensor_parallel_size, gpu_memory_utilization, max_num_seqs, ...
@@ -92,7 +93,7 @@ def run(ctx) -> dict:
     cfg = ctx.cfg
     path = cfg.model.name_or_path or model_dir(ctx.inputs["model"])
     task = get_task(cfg.task)
-    problems = task.load_problems(cfg.problems_file, cfg.split, cfg.num_problems)
+    problems = select_problems(task, cfg.problems_file, cfg.split, cfg.first_problem, cfg.num_problems)
     engine = engine_from_config(cfg.engine, cfg.engine_options, cfg.model, path, cfg.engine,
                                 max_batch_rows=cfg.batch_size)
     check_prompts_fit(engine, task, problems, cfg.problems_file)

@@ -26,7 +26,7 @@ from ..mcts.policy import Policy, PolicyKeys
 from ..mcts.search import Searcher, SearchKeys, SearchSettings
 from ..mcts.tree import StopRules, to_record
 from ..models import model_dir
-from ..tasks import check_problems_source, check_task, get_task
+from ..tasks import check_problems_source, check_task, get_task, select_problems
 
 KIND = "mcts"
 INPUTS = {"model": "model.name_or_path"}  # the policy checkpoint
@@ -44,6 +44,7 @@ class Config(StageConfig, PolicyKeys, SearchKeys, StopRules):
     problems_file: str = path_field("mcts_data/problems/toy_train.jsonl", check=check_problems_source)
     split: str = ""  # dataset split when the task loads problems by dataset name
     num_problems: int = at_least(0, default=0, hint="0 = all")
+    first_problem: int = at_least(0, default=0)  # skip the source's first N problems (0-based start)
     model: ModelConfig = field(default_factory=ModelConfig)  # empty name_or_path = the `model` input
     special_model: ModelConfig = field(default_factory=ModelConfig)  # empty = node types marked special use `model`
     engine: str = "hf"
@@ -82,7 +83,8 @@ def check_config(cfg, prefix: str, where) -> None:
 def run(ctx) -> dict:
     cfg = ctx.cfg
     task = get_task(cfg.task)
-    problems = task.load_problems(cfg.problems_file, cfg.split, cfg.num_problems)  # file:line errors come first
+    # file:line errors come first
+    problems = select_problems(task, cfg.problems_file, cfg.split, cfg.first_problem, cfg.num_problems)
     mine = dist.my_share(sorted(problems, key=lambda p: p.id))
     shard = shard_path(ctx.out_dir, dist.rank())
     shard.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,9 @@ names it, as a stage's own is (fingerprint.py).
 from __future__ import annotations
 
 import importlib
-from typing import Optional
+from typing import List, Optional
 
+from ..io import DataError
 from .base import Problem, Task, load_problems_file
 
 TASK_MODULES = {"toy": "marco_train.tasks.toy",
@@ -62,6 +63,15 @@ def check_task_or_recorded(name: str, section=None) -> Optional[str]:
     return check_task(name) if name else None
 
 
+def select_problems(task: Task, source: str, split: str, first: int, count: int) -> List[Problem]:
+    """`count` problems (0 = all the rest) of `source` from the `first`-th on (0-based, in the source's order): a
+    stage's `problems_file`, `split`, `first_problem` and `num_problems` keys."""
+    problems = task.load_problems(source, split, first + count if count else 0)
+    if first and first >= len(problems):
+        raise DataError(f"{source}: first_problem={first} skips all of its {len(problems)} problems; lower it")
+    return problems[first:]
+
+
 def check_problems_source(source: str, section) -> Optional[str]:
     """A config field check for `problems_file`, given its section's `task` (checked before it)."""
     from .sources import source_problem
@@ -72,4 +82,4 @@ def check_problems_source(source: str, section) -> Optional[str]:
 
 
 __all__ = ["Problem", "Task", "check_problems_source", "check_task", "check_task_or_recorded", "get_task",
-           "is_plugin", "load_problems_file"]
+           "is_plugin", "load_problems_file", "select_problems"]
