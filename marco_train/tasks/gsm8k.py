@@ -12,7 +12,9 @@ Step checker (`check_steps`, the rules of tasks/steps.py): a claim is an equatio
 (op one of + - * x × / ÷, usual precedence), true when the arithmetic holds. On our templated word
 problems (tasks/word_problems.py, e.g. mcts_data/problems/word_*.jsonl) the work after the last
 reflection is complete when every intermediate quantity of the question's template appears in it as a
-number; on any other question (GSM8K itself) only the arithmetic and the catch-and-reflect rules apply.
+number, and the attempt has as many <thinking> steps as its sub_task announced, when it announces a count
+(rule 4, `plan_not_followed`: paths that repeat a step or add one their plan did not have); on any other question
+(GSM8K itself) the arithmetic, the catch-and-reflect rules and that plan rule apply.
 
 Known solutions (`solution_steps`, the cot stage's traces): those of our templated word problems; GSM8K's own
 questions have none (their worked solutions are prose, not steps this task can write).
@@ -121,7 +123,7 @@ class GSM8KTask(DatasetTask):
     def check_steps(self, question: str, response: str) -> StepVerdict:
         needed = intermediates(question) or []
         return check_process(response, claims, claim_is_true,
-                             lambda work: all(Fraction(q) in {c[1] for c in work} for q in needed))
+                             lambda work: all(Fraction(q) in {c[1] for c in work} for q in needed), follow_plan=True)
 
 
 TASK = GSM8KTask()

@@ -15,6 +15,10 @@ reflection is complete (`complete`). The rules, in this order (the first broken 
 3. after the last reflection (the whole response without one) the work is complete (`incomplete_work`); the
    work is the claims of the segments other than checks, reflections and answers (an answer's claims must
    be true, but stating the result is not deriving it).
+4. only where the task asks for it (`follow_plan`): when the first sub_task announces a step count in the trace
+   writer's words ("There are 2 steps.", tasks/traces.py), the attempt after the last reflection (the whole
+   response without one) has exactly that many `<thinking>` steps (`plan_not_followed`): a path that repeats a
+   step, or does a step its plan did not announce, is not the process its plan describes.
 A segment left unclosed is `unclosed_segment`. Text between segments is not read.
 """
 
@@ -26,8 +30,9 @@ from typing import Callable, List, Sequence
 
 from ..prompts import Segment, parse_response
 from .base import StepVerdict
+from .traces import announced_steps
 
-CHECK, REFLECTION, ANSWER = "double_check", "reflection", "answer"
+CHECK, REFLECTION, ANSWER, SUB_TASK, THINKING = "double_check", "reflection", "answer", "sub_task", "thinking"
 CALLS_WRONG_RE = re.compile(r"\b(?:wrong|incorrect|mistake)", re.I)
 QUOTED_WRONG_RE = re.compile(r"\bnot\s+(-?\d+(?:\.\d+)?)")
 
@@ -35,8 +40,8 @@ OK = StepVerdict(True)
 
 
 def check_process(response: str, claims_of: Callable[[Segment], List[tuple]], is_true: Callable[[tuple], bool],
-                  complete: Callable[[List[tuple]], bool]) -> StepVerdict:
-    """The verdict of rules 1-3 (module docstring) on one response."""
+                  complete: Callable[[List[tuple]], bool], follow_plan: bool = False) -> StepVerdict:
+    """The verdict of rules 1-3 (and 4 with `follow_plan`; module docstring) on one response."""
     segments = parse_response(response)
     if any(not s.closed for s in segments):
         return StepVerdict(False, "unclosed_segment")
@@ -66,7 +71,18 @@ def check_process(response: str, claims_of: Callable[[Segment], List[tuple]], is
             work += claims if seg.type != ANSWER else []
     if pending:
         return StepVerdict(False, "uncaught_wrong_step")
-    return OK if complete(work) else StepVerdict(False, "incomplete_work")
+    if not complete(work):
+        return StepVerdict(False, "incomplete_work")
+    return OK if not follow_plan or follows_plan(segments) else StepVerdict(False, "plan_not_followed")
+
+
+def follows_plan(segments: Sequence[Segment]) -> bool:
+    """Rule 4: the last attempt has as many thinking steps as the first sub_task announced (if it announced any)."""
+    plan = next((announced_steps(s.text) for s in segments if s.type == SUB_TASK), None)
+    if plan is None:
+        return True
+    last = max((i for i, s in enumerate(segments) if s.type == REFLECTION), default=-1)
+    return sum(s.type == THINKING for s in segments[last + 1:]) == plan
 
 
 def quotes_pending(text: str, pending: Sequence[tuple]) -> bool:

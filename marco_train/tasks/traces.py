@@ -15,8 +15,9 @@ steps are right (tasks/steps.py: the wrong claim is caught, quoted and followed 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from ..prompts import REFLECTION_TEXT, SUB_TASK_PREFILL, render_response
 
@@ -30,8 +31,17 @@ class Step:
     lead: str = ""  # "Ivan buys 7 more books: " (written before the expression)
 
 
+STEP_COUNT_RE = re.compile(r"\bThere (?:is 1 step|are (\d+) steps)\b")
+
+
 def step_count(n: int) -> str:
     return "There is 1 step." if n == 1 else f"There are {n} steps."
+
+
+def announced_steps(text: str) -> Optional[int]:
+    """The step count a sub_task announces in step_count's words, or None when it announces none."""
+    m = STEP_COUNT_RE.search(text)
+    return None if m is None else int(m.group(1) or 1)
 
 
 def _work(steps: Sequence[Step], wrong_by: int = 0) -> List[tuple]:
