@@ -210,6 +210,7 @@ def test_named_dataset_path_with_split(tmp_path):
 
 WORD = "Emma earns 6 dollars per hour and works 9 hours. Then Emma spends 9 dollars on lunch. " \
        "How many dollars does Emma have left?"  # a word_problems template: quantities 6 * 9 = 54, 54 - 9 = 45
+PLAN2 = "<sub_task>Firstly, I need to break down this task. There are 2 steps.</sub_task>\n"
 
 
 @pytest.mark.parametrize("question, response, reason", [
@@ -228,6 +229,19 @@ WORD = "Emma earns 6 dollars per hour and works 9 hours. Then Emma spends 9 doll
     # a check whose own arithmetic is false
     (WORD, "<thinking>6 * 9 = 54; 54 - 9 = 45</thinking>\n<double_check>54 - 9 = 46? no: 45</double_check>\n"
            "<answer>The answer is: 45</answer>", "wrong_claim_in_check"),
+    # rule 4: the attempt has the steps its sub_task announced; a repeated step, a missing one, or an extra one
+    (WORD, PLAN2 + "<thinking>6 * 9 = 54</thinking>\n<thinking>54 - 9 = 45</thinking>\n"
+           "<answer>The answer is: 45</answer>", ""),
+    (WORD, PLAN2 + "<thinking>6 * 9 = 54</thinking>\n<thinking>54 - 9 = 45</thinking>\n<thinking>54 - 9 = 45"
+           "</thinking>\n<answer>The answer is: 45</answer>", "plan_not_followed"),
+    (WORD, PLAN2 + "<thinking>6 * 9 = 54 and 54 - 9 = 45</thinking>\n<answer>The answer is: 45</answer>",
+     "plan_not_followed"),
+    (WORD, PLAN2.replace("are 2 steps", "is 1 step") + "<thinking>6 * 9 = 54</thinking>\n<thinking>54 - 9 = 45"
+           "</thinking>\n<answer>The answer is: 45</answer>", "plan_not_followed"),
+    # ... counted in the attempt after the last reflection
+    (WORD, PLAN2 + "<thinking>6 * 9 = 54</thinking>\n<thinking>54 - 9 = 44</thinking>\n<double_check>54 - 9 = 45, "
+           "not 44: wrong</double_check>\n<reflection>Let me redo it.</reflection>\n<thinking>6 * 9 = 54</thinking>"
+           "\n<thinking>54 - 9 = 45</thinking>\n<answer>The answer is: 45</answer>", ""),
     # precedence and commas: 1,200 / 4 + 2 * 3 = 306
     ("Any GSM8K question?", "<thinking>1,200 / 4 + 2 * 3 = 306</thinking>\n<answer>The answer is: 306</answer>", ""),
     ("Any GSM8K question?", "<thinking>1,200 / 4 + 2 * 3 = 906</thinking>\n<answer>The answer is: 906</answer>",
