@@ -3,8 +3,9 @@
 Two steps of the cot stage on two traces (one dev problem), one problem through mcts and split, two steps each of
 sft and dpo, one problem per eval; the table is printed, and a rerun is all cached. So that the downstream stages
 always get data, the answer node's prefill is forced to two complete answers, one right and one wrong ("The
-answer is: 10" / "... 11", closing tag included, so no generation) and the split's process check is off (8-token
-segments hold no complete work): the tree then holds both correct and wrong paths whatever the model writes. Stages
+answer is: 16" / "... 17" for word-t-00200, the first problem of the search's slice; closing tag included, so no
+generation) and the split's process check is off (8-token segments hold no complete work): the tree then holds
+both correct and wrong paths whatever the model writes. Stages
 run in-process with one intra-op thread (OMP_NUM_THREADS=1: two threads on two shared cores are several times
 slower); the 2-rank launches of the full config are covered by the sft/dpo distributed tests.
 """
@@ -30,7 +31,7 @@ def smoke_overrides(runs_dir: Path) -> list:
             "stages.cot.dev_batch_size=1", "stages.split.process_check=false",
             "stages.mcts.num_problems=1", "stages.mcts.max_node_tokens=8", "stages.mcts.min_iterations=3",
             "stages.mcts.max_iterations=3", "stages.mcts.stop_correct=3", "stages.mcts.reflect_on_wrong=false",
-            'stages.mcts.node_types.answer.prefills=["The answer is: 10</answer>","The answer is: 11</answer>"]',
+            'stages.mcts.node_types.answer.prefills=["The answer is: 16</answer>","The answer is: 17</answer>"]',
             *[f"stages.{s}.training.{k}" for s in ("cot", "sft", "dpo")
               for k in ("max_steps=2", "global_batch_size=1", "per_device_batch_size=1")],
             *[f"stages.{s}.{k}" for s in ("eval_base", "eval_cot", "eval_sft", "eval_dpo")
@@ -65,9 +66,9 @@ def test_smollm2_config_runs_the_whole_dag_on_one_problem_and_a_rerun_is_cached(
 
     (shard,) = (tmp_path / "smoke").glob("mcts-*/trees/rank-00000.jsonl")
     (tree,) = [json.loads(line) for line in shard.read_text().splitlines()]
-    assert tree["problem_id"] == "word-t-00000" and tree["answer"] == "10" and tree["task"] == "gsm8k"
+    assert tree["problem_id"] == "word-t-00200" and tree["answer"] == "16" and tree["task"] == "gsm8k"
     answers = {n["answer"]: n["correct"] for n in tree["nodes"] if n["type"] == "answer"}
-    assert answers == {"10": True, "11": False}
+    assert answers == {"16": True, "17": False}
     assert tree["nodes"][1]["text"].startswith("<sub_task>Firstly, I need to break down this task.")
 
     split = done(tmp_path, "split")["summary"]
