@@ -28,11 +28,10 @@ from typing import Iterable, List, Optional
 from ..io import DataError
 from .base import Problem, StepVerdict, Task
 from .steps import check_process
-from .traces import Step
+from .traces import STEP_COUNT_RE, Step
 
 ANSWER_RE = re.compile(r"The answer is:\s*(-?\d+)")
 CLAIM_RE = re.compile(r"(-?\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)")
-STEP_COUNT_RE = re.compile(r"There (?:are|is) (\d+) steps?")
 QUESTION_RE = re.compile(r"Compute \d+(?: [+-] \d+)+\.")
 MAX_OPERAND = 20
 MAX_VALUE = 99

@@ -31,7 +31,7 @@ class Step:
     lead: str = ""  # "Ivan buys 7 more books: " (written before the expression)
 
 
-STEP_COUNT_RE = re.compile(r"\bThere (?:is 1 step|are (\d+) steps)\b")
+STEP_COUNT_RE = re.compile(r"There (?:are|is) (\d+) steps?")  # step_count's words, read back
 
 
 def step_count(n: int) -> str:
@@ -41,7 +41,7 @@ def step_count(n: int) -> str:
 def announced_steps(text: str) -> Optional[int]:
     """The step count a sub_task announces in step_count's words, or None when it announces none."""
     m = STEP_COUNT_RE.search(text)
-    return None if m is None else int(m.group(1) or 1)
+    return None if m is None else int(m.group(1))
 
 
 def _work(steps: Sequence[Step], wrong_by: int = 0) -> List[tuple]:
